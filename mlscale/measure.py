@@ -1,0 +1,120 @@
+"""What a model costs: trainable parameters and FLOPs per sample.
+
+FLOPs follow ``torch.utils.flop_counter.FlopCounterMode``: FLOPs = 2 x MACs, counted
+for matmuls and convolutions (bias adds, activations, pooling and norms are not
+counted). Training FLOPs are forward + cross-entropy + backward, measured the same way,
+except that convolution backward uses a groups-aware formula (see ``_conv_backward_flop``).
+
+>>> from mlscale.models import get_model
+>>> measure_model(get_model("lenet5"), (1, 28, 28))
+ModelCost(params=61706, flops_per_sample=833040, train_flops_per_sample=2263920)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["ModelCost", "count_params", "forward_flops", "measure_model", "train_flops"]
+
+_BATCH = 2  # samples per measured pass; batch norm needs more than one in train mode
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """Parameters and per-sample forward and training (forward + backward) FLOPs."""
+
+    params: int
+    flops_per_sample: int
+    train_flops_per_sample: int
+
+
+def count_params(model: nn.Module) -> int:
+    """The number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def forward_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
+    """Forward FLOPs per sample of ``input_shape`` (C, H, W), in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _flop_counter() as counter:
+            model(_batch(model, input_shape))
+    finally:
+        model.train(was_training)
+    return _per_sample(counter.get_total_flops())
+
+
+def train_flops(model: nn.Module, input_shape: tuple[int, int, int], num_classes: int = 10) -> int:
+    """Forward + cross-entropy + backward FLOPs per sample, in train mode.
+
+    Runs on a copy, so the model's parameters, gradients and batch-norm statistics
+    are left as they were.
+    """
+    model = copy.deepcopy(model).train()
+    inputs = _batch(model, input_shape)
+    targets = torch.arange(_BATCH, device=inputs.device) % num_classes
+    with _flop_counter() as counter:
+        F.cross_entropy(model(inputs), targets).backward()
+    return _per_sample(counter.get_total_flops())
+
+
+def measure_model(
+    model: nn.Module, input_shape: tuple[int, int, int], num_classes: int = 10
+) -> ModelCost:
+    """Parameters, forward FLOPs and training FLOPs per sample, in one object."""
+    return ModelCost(
+        params=count_params(model),
+        flops_per_sample=forward_flops(model, input_shape),
+        train_flops_per_sample=train_flops(model, input_shape, num_classes),
+    )
+
+
+def _conv_backward_flop(
+    grad_out_shape: Sequence[int],
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    _bias: object,
+    _stride: object,
+    _padding: object,
+    _dilation: object,
+    transposed: bool,
+    _output_padding: object,
+    _groups: int,
+    output_mask: Sequence[bool],
+    **_: object,
+) -> int:
+    """FLOPs of ``aten.convolution_backward``: one forward conv per gradient it computes.
+
+    torch's own formula counts the weight gradient as if ``groups`` were 1, which
+    overcounts a depthwise conv by its channel count (fix proposed in
+    pytorch/pytorch#183405); for ``groups == 1`` the two agree exactly.
+    """
+    spatial = (x_shape if transposed else grad_out_shape)[2:]
+    forward = 2 * x_shape[0] * math.prod(spatial) * math.prod(w_shape)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
+def _flop_counter() -> FlopCounterMode:
+    return FlopCounterMode(
+        display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop}
+    )
+
+
+def _batch(model: nn.Module, input_shape: tuple[int, int, int]) -> torch.Tensor:
+    device = next(model.parameters()).device
+    return torch.zeros(_BATCH, *input_shape, device=device)
+
+
+def _per_sample(total: int) -> int:
+    if total % _BATCH:
+        raise ValueError(f"{total} FLOPs do not split evenly over a batch of {_BATCH}")
+    return total // _BATCH

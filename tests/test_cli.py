@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mlscale.cli import cli, main
+
+FAMILIES = {"lenet5", "alexnet_mini", "vgg_mini", "inception_mini", "resnet_mini",
+            "efficientnet_mini"}
+
+
+def _run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the real entry point in-process: exit code, stdout, stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    captured = capsys.readouterr()
+    return int(exit_info.value.code or 0), captured.out, captured.err
+
+
+def test_help_is_instant_and_lists_the_commands() -> None:
+    completed = subprocess.run([sys.executable, "-m", "mlscale", "--help"],
+                               capture_output=True, text=True, check=True)
+    for command in ("data", "zoo", "train"):
+        assert command in completed.stdout
+    imports = subprocess.run(
+        [sys.executable, "-c", "import sys, mlscale.cli; print('torch' in sys.modules)"],
+        capture_output=True, text=True, check=True,
+    )
+    assert imports.stdout.strip() == "False"
+
+
+def test_data_prepare_json_reports_the_verified_checksums(data_root: Path) -> None:
+    result = CliRunner().invoke(cli, ["data", "prepare", "--dataset", "mnist",
+                                      "--root", str(data_root), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["source"] == "existing"
+    assert payload["md5"]["train-images-idx3-ubyte"] == "6bbc9ace898e44ae57da46a324031adb"
+
+
+def test_zoo_json_lists_every_family_with_its_costs() -> None:
+    result = CliRunner().invoke(cli, ["zoo", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert {row["arch"] for row in rows} == FAMILIES
+    for row in rows:
+        assert {"arch", "width", "depth", "params", "flops_per_sample",
+                "train_flops_per_sample"} <= row.keys()
+        assert row["train_flops_per_sample"] > row["flops_per_sample"] > 0
+
+
+def test_zoo_measures_one_model() -> None:
+    result = CliRunner().invoke(cli, ["zoo", "--arch", "lenet5", "--width", "1", "--json"])
+    payload = json.loads(result.output)
+    assert (payload["params"], payload["flops_per_sample"]) == (61_706, 833_040)
+    wide = json.loads(CliRunner().invoke(cli, ["zoo", "--arch", "lenet5", "--width", "2",
+                                               "--json"]).output)
+    assert wide["params"] > 3 * payload["params"]
+
+
+def test_zoo_table_for_people() -> None:
+    result = CliRunner().invoke(cli, ["zoo"])
+    assert result.exit_code == 0
+    assert "61,706" in result.output and "833,040" in result.output
+
+
+def test_train_json_prints_one_object(data_root: Path) -> None:
+    result = CliRunner().invoke(cli, ["train", "--arch", "lenet5", "--epochs", "1",
+                                      "--train-size", "500", "--root", str(data_root), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["samples_seen"] == 500
+    for key in ("test_loss", "test_accuracy", "error_rate", "train_flops", "wall_time_s",
+                "history"):
+        assert key in payload
+
+
+def test_train_prints_epochs_and_a_summary(data_root: Path) -> None:
+    result = CliRunner().invoke(cli, ["train", "--arch", "lenet5", "--max-train-flops", "2e9",
+                                      "--root", str(data_root)])
+    assert result.exit_code == 0, result.output
+    assert "val acc" in result.output and "test accuracy" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--arch", "gpt"], "unknown architecture 'gpt'"),
+        (["train", "--arch", "lenet5", "--width", "0"], "width must be in"),
+        (["train", "--arch", "lenet5", "--train-size", "0"], "train size must be in"),
+        (["train", "--arch", "lenet5", "--train-size", "60000"], "train size must be in"),
+        (["train", "--arch", "lenet5", "--dataset", "cifar"], "'cifar' is not one of"),
+        (["train", "--arch", "lenet5", "--epochs", "2", "--max-train-flops", "1e9"],
+         "either epochs or max_train_flops"),
+        (["train", "--arch", "lenet5", "--max-train-flops", "nan"], "positive number"),
+        (["zoo", "--arch", "resnet_mini", "--depth", "99"], "depth must be"),
+        (["data", "prepare", "--dataset", "svhn"], "'svhn' is not one of"),
+    ],
+)
+def test_bad_input_is_one_line_and_a_nonzero_exit(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    code, out, err = _run_main(capsys, *args)
+    assert code != 0
+    assert err.count("\n") == 1 and err.startswith("Error: ")
+    assert message in err
+
+
+def test_an_unwritable_root_fails_in_a_real_process(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    completed = subprocess.run(
+        [sys.executable, "-m", "mlscale", "data", "prepare", "--root", str(blocker / "sub")],
+        capture_output=True, text=True,
+    )
+    assert completed.returncode == 1
+    assert completed.stderr.startswith("Error: cannot write to data root")
+    assert completed.stderr.count("\n") == 1

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlscale.data import Splits
+from mlscale.errors import MlscaleError
+from mlscale.train import TrainConfig, train
+
+
+def _config(**overrides: object) -> TrainConfig:
+    values: dict[str, object] = {"arch": "lenet5", "train_size": 1_000, "epochs": 1,
+                                 "val_size": 500}
+    values.update(overrides)
+    return TrainConfig.from_dict(values)
+
+
+def test_lenet_learns_and_reports_every_figure(mnist: Splits) -> None:
+    result = train(_config(train_size=2_000, epochs=2, batch_size=64), data=mnist)
+    assert result.test_accuracy > 0.85
+    assert result.error_rate == pytest.approx(1 - result.test_accuracy)
+    assert 0 < result.test_loss < 0.6
+    assert result.samples_seen == 4_000
+    assert result.train_flops == 4_000 * result.train_flops_per_sample
+    assert [h.samples_seen for h in result.history] == [2_000, 4_000]
+    assert result.history[-1].val_accuracy > result.history[0].val_accuracy - 0.05
+    assert (result.params, result.flops_per_sample) == (61_706, 833_040)
+    assert result.run_name == "lenet5-w1-d1"
+    assert 0 < result.train_time_s < result.wall_time_s
+    payload = result.to_dict()
+    assert payload["config"]["arch"] == "lenet5" and "model" not in payload
+
+
+@pytest.mark.parametrize("budget", [3e8, 1.234e9, 5e9])
+def test_a_flops_budget_is_kept_within_one_batch(mnist: Splits, budget: float) -> None:
+    result = train(_config(epochs=None, max_train_flops=budget, batch_size=64), data=mnist)
+    per_sample = result.train_flops_per_sample
+    assert result.train_flops <= budget
+    assert budget - result.train_flops < 64 * per_sample
+    assert result.samples_seen == int(budget // per_sample)
+
+
+def test_a_budget_spanning_epochs_evaluates_each_pass(mnist: Splits) -> None:
+    per_sample = 2_263_920  # lenet5's measured training FLOPs per sample
+    result = train(_config(epochs=None, max_train_flops=2_500 * per_sample), data=mnist)
+    assert [h.samples_seen for h in result.history] == [1_000, 2_000, 2_500]
+    assert result.history[-1].epoch == pytest.approx(2.5)
+
+
+def test_training_is_deterministic_for_a_seed_on_cpu(mnist: Splits) -> None:
+    first = train(_config(seed=11), data=mnist)
+    second = train(_config(seed=11), data=mnist)
+    other = train(_config(seed=12), data=mnist)
+    assert first.test_loss == second.test_loss
+    assert first.history == second.history
+    assert first.test_loss != other.test_loss
+    for a, b in zip(first.model.parameters(), second.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("arch", ["alexnet_mini", "vgg_mini", "inception_mini", "resnet_mini",
+                                  "efficientnet_mini"])
+def test_every_family_trains_at_its_smallest_width(mnist: Splits, arch: str) -> None:
+    from mlscale.models import model_spec
+
+    width = model_spec(arch).width_range[0]
+    result = train(_config(arch=arch, width=width, train_size=500), data=mnist)
+    assert result.samples_seen == 500
+    assert 0 < result.test_loss < 10
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"train_size": 0}, r"train size must be in \[1, 59500\]"),
+        ({"train_size": 59_501}, r"train size must be in \[1, 59500\]"),
+        ({"arch": "transformer"}, "unknown architecture 'transformer'"),
+        ({"width": 0.0}, "width must be in"),
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"max_train_flops": 1e9}, "either epochs or max_train_flops"),
+        ({"epochs": None, "max_train_flops": 10.0}, "buys less than one sample"),
+        ({"batch_size": 0}, "batch size must be >= 1"),
+        ({"dataset": "imagenet"}, "unknown dataset 'imagenet'"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(mnist: Splits, overrides: dict[str, object],
+                                          message: str) -> None:
+    with pytest.raises(MlscaleError, match=message) as error:
+        train(_config(**overrides), data=None if "dataset" in overrides else mnist)
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_config_keys_are_rejected() -> None:
+    with pytest.raises(MlscaleError, match="unknown training option"):
+        TrainConfig.from_dict({"arch": "lenet5", "epoch": 3})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_runs_on_cuda(mnist: Splits) -> None:
+    result = train(_config(device="cuda"), data=mnist)
+    assert result.test_accuracy > 0.5
