@@ -134,7 +134,10 @@ def _print_zoo_table(rows: list[dict[str, Any]]) -> None:
             f"{row['flops_per_sample']:,}", f"{row['train_flops_per_sample']:,}",
             "{:g}-{:g}".format(*row["width_range"]), "{}-{}".format(*row["depth_range"]),
         )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped: print every column in full rather than at 80
+        console = Console(width=140)
+    console.print(table)
 
 
 @cli.command("train")

@@ -140,6 +140,27 @@ class TrainResult:
         return data
 
 
+def _keep_freed_memory() -> None:
+    """Stop glibc from returning large freed blocks to the OS between training steps.
+
+    By default glibc serves each tensor over 128 KiB with a fresh mmap and unmaps it on
+    free, so every step page-faults its activations in again: measured here, that is
+    about a quarter of LeNet-5's CPU step time. Raising the mmap and trim thresholds (what
+    PyTorch's CPU tuning guide gets by preloading jemalloc or tcmalloc) keeps the blocks in
+    the heap for reuse. A no-op where the C library has no ``mallopt``.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's largest allowed value
+    libc.mallopt(m_trim_threshold, 1024 * 1024 * 1024)
+
+
 def _resolve_precision(name: str, device: torch.device) -> str:
     """``auto`` means bf16 autocast where the hardware runs it natively, else fp32."""
     import torch
@@ -271,6 +292,7 @@ def train(
 
     config.validate()
     started = time.perf_counter()
+    _keep_freed_memory()
     spec = model_spec(config.arch)
     width = config.width if config.width is not None else spec.default_width
     depth = config.depth if config.depth is not None else spec.default_depth
@@ -304,7 +326,7 @@ def train(
     total_steps = (full_passes * math.ceil(len(train_set) / batch_size)
                    + math.ceil(remainder / batch_size))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
+                                  weight_decay=config.weight_decay, fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _one_cycle(total_steps))
     generator = torch.Generator().manual_seed(config.seed)
 

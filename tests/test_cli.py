@@ -105,7 +105,7 @@ def test_train_prints_epochs_and_a_summary(data_root: Path) -> None:
 def test_bad_input_is_one_line_and_a_nonzero_exit(
     capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
-    code, out, err = _run_main(capsys, *args)
+    code, _, err = _run_main(capsys, *args)
     assert code != 0
     assert err.count("\n") == 1 and err.startswith("Error: ")
     assert message in err
