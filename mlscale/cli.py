@@ -22,6 +22,10 @@ dataset_option = click.option(
     "--dataset", type=click.Choice(DATASET_NAMES), default="mnist", show_default=True,
     help="Dataset to use.",
 )
+tracking_option = click.option(
+    "--tracking-uri", default=None,
+    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else mlflow.yaml).",
+)
 root_option = click.option(
     "--root", type=click.Path(file_okay=False), default=None,
     help="Data root (default: $MLSCALE_DATA_ROOT, else data/ in the checkout).",
@@ -149,26 +153,38 @@ def _print_zoo_table(rows: list[dict[str, Any]]) -> None:
               help="Stop when this many training FLOPs are spent (instead of --epochs).")
 @click.option("--train-size", type=int, default=None,
               help="Stratified training subset size (default: the whole train split).")
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=int, default=None,
+              help="Default: 256, less for small subsets (an epoch of at least 32 steps).")
 @click.option("--lr", type=float, default=3e-3, show_default=True, help="Peak learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
+              show_default=True, help="auto: bf16 autocast where the hardware has it.")
+@click.option("--no-register", is_flag=True, help="Log the MLflow run but register no version.")
+@click.option("--latency-seconds", type=float, default=0.25, show_default=True,
+              help="ONNX Runtime timing per batch size (1, 32, 256).")
 @dataset_option
 @root_option
+@tracking_option
 @json_option
 def train_command(arch: str, width: float | None, depth: int | None, epochs: int | None,
-                  max_train_flops: float | None, train_size: int | None, batch_size: int,
-                  lr: float, seed: int, device: str, dataset: str, root: str | None,
-                  as_json: bool) -> None:
-    """Train one model and report test loss, accuracy and the FLOPs spent."""
+                  max_train_flops: float | None, train_size: int | None,
+                  batch_size: int | None,
+                  lr: float, seed: int, device: str, precision: str, no_register: bool,
+                  latency_seconds: float, dataset: str, root: str | None,
+                  tracking_uri: str | None, as_json: bool) -> None:
+    """Train one model, export it to ONNX, time it, log it to MLflow and register it."""
     from mlscale.models import model_spec
-    from mlscale.train import EpochMetrics, Progress, TrainConfig, train
+    from mlscale.tracking import load_settings, train_and_register
+    from mlscale.train import EpochMetrics, Progress, TrainConfig
 
     model_spec(arch)  # fail on an unknown name before loading any data
     config = TrainConfig(arch=arch, width=width, depth=depth, dataset=dataset,
                          train_size=train_size, epochs=epochs, max_train_flops=max_train_flops,
-                         batch_size=batch_size, lr=lr, seed=seed, device=device, data_root=root)
+                         batch_size=batch_size, lr=lr, seed=seed, device=device,
+                         precision=precision, data_root=root)
     config.validate()
+    settings = load_settings(tracking_uri)
     status = _StatusLine()
 
     def on_progress(p: Progress) -> None:
@@ -182,17 +198,155 @@ def train_command(arch: str, width: float | None, depth: int | None, epochs: int
             click.echo(f"epoch {m.epoch:6.2f}  samples {m.samples_seen:>9,}  "
                        f"val loss {m.val_loss:.4f}  val acc {m.val_accuracy:.2%}")
 
-    result = train(config, on_progress=on_progress, on_epoch=on_epoch)
+    outcome = train_and_register(config, settings, register=not no_register,
+                                 latency_seconds=latency_seconds, on_progress=on_progress,
+                                 on_epoch=on_epoch)
     status.clear()
     if as_json:
-        _print_json(result.to_dict())
+        _print_json(outcome.to_dict())
         return
+    result, batch1 = outcome.result, outcome.latency.at_batch(1)
     click.echo(
         f"{result.run_name}: test loss {result.test_loss:.4f} nats, "
         f"test accuracy {result.test_accuracy:.2%} (error {result.error_rate:.2%})\n"
         f"  {result.params:,} params, {result.samples_seen:,} samples seen, "
-        f"{result.train_flops:.3e} training FLOPs (2 x MACs), {result.wall_time_s:.1f} s"
+        f"{result.train_flops:.3e} training FLOPs (2 x MACs), {result.wall_time_s:.1f} s\n"
+        f"  ONNX Runtime: p50 {batch1.p50_ms:.3f} ms, p90 {batch1.p90_ms:.3f} ms at batch 1; "
+        f"{outcome.latency.largest_batch.throughput:,.0f} samples/s at batch "
+        f"{outcome.latency.largest_batch.batch_size} ({outcome.latency.threads} threads)\n"
+        f"  MLflow run {outcome.run_id}"
+        + (f"; registered {outcome.version.model_uri}"
+           + (" (champion)" if outcome.version.champion else "") if outcome.version else "")
     )
+
+
+def _parse_batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise MlscaleError(
+            f"--batch-sizes must be comma-separated integers, got '{text}'"
+        ) from None
+    return sizes
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--batch-sizes", default="1,32,256", show_default=True,
+              help="Comma-separated batch sizes.")
+@click.option("--threads", type=int, default=None,
+              help="ONNX Runtime and torch threads (default: the cores available).")
+@click.option("--iterations", type=int, default=None, help="Timed runs per batch size.")
+@click.option("--seconds", type=float, default=None,
+              help="Seconds of timed runs per batch size [default 1].")
+@tracking_option
+@json_option
+def latency(model: str, batch_sizes: str, threads: int | None, iterations: int | None,
+            seconds: float | None, tracking_uri: str | None, as_json: bool) -> None:
+    """Time MODEL (an .onnx file or models:/NAME/VERSION, models:/NAME@ALIAS) in ONNX Runtime."""
+    from mlscale.latency import benchmark_onnx
+    from mlscale.tracking import latency_markdown, load_registered_onnx, load_settings
+
+    sizes = _parse_batch_sizes(batch_sizes)
+    if iterations is None and seconds is None:
+        seconds = 1.0
+    if model.startswith("models:/"):
+        onnx_bytes, torch_model = load_registered_onnx(model, load_settings(tracking_uri))
+    else:
+        onnx_bytes, torch_model = _read_onnx_file(model), None
+    input_shape = _onnx_input_shape(onnx_bytes)
+    report = benchmark_onnx(onnx_bytes, input_shape, batch_sizes=sizes, threads=threads,
+                            iterations=iterations, seconds=seconds, torch_model=torch_model)
+    if as_json:
+        _print_json({"model": model, **report.to_dict()})
+        return
+    click.echo(latency_markdown(report), nl=False)
+    if torch_model is None:
+        click.echo("torch eager: not measured (a bare ONNX file carries no torch model)")
+
+
+def _read_onnx_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as error:
+        raise MlscaleError(f"cannot read ONNX file {path}: {error.strerror}") from None
+
+
+def _onnx_input_shape(onnx_bytes: bytes) -> tuple[int, ...]:
+    """The per-sample input shape of an ONNX model (its first input, less the batch axis)."""
+    from mlscale.export import ort_session
+
+    shape = ort_session(onnx_bytes).get_inputs()[0].shape[1:]
+    if not all(isinstance(dim, int) for dim in shape):
+        raise MlscaleError(f"the model's input has non-fixed dimensions {shape}")
+    return tuple(shape)
+
+
+@cli.command()
+@click.option("--dataset", default=None, help="Only this dataset's models.")
+@click.option("--arch", default=None, help="Only this architecture's models.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
+@tracking_option
+@json_option
+def models(dataset: str | None, arch: str | None, as_csv: bool, tracking_uri: str | None,
+           as_json: bool) -> None:
+    """One row per registered model version with its cost card, best accuracy first."""
+    from mlscale.tracking import frame_to_json, load_settings, models_frame
+
+    if as_csv and as_json:
+        raise MlscaleError("choose one of --json and --csv")
+    frame = models_frame(load_settings(tracking_uri), dataset=dataset, arch=arch)
+    if as_json:
+        _print_json(frame_to_json(frame))
+    elif as_csv:
+        click.echo(frame.to_csv(index=False), nl=False)
+    else:
+        _print_models_table(frame)
+
+
+def _print_models_table(frame: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"registered models ({len(frame)} versions; FLOPs = 2 x MACs)")
+    columns = [("model", "model_uri", "{}"), ("alias", "aliases", "{}"),
+               ("params", "params", "{:,.0f}"), ("FLOPs/sample", "flops_per_sample", "{:,.0f}"),
+               ("train FLOPs", "train_flops", "{:.3g}"), ("test acc", "test_accuracy", "{:.2%}"),
+               ("test loss", "test_loss", "{:.4f}"), ("p50 ms", "latency_p50_ms", "{:.3f}"),
+               ("p90 ms", "latency_p90_ms", "{:.3f}"), ("samples/s", "throughput", "{:,.0f}")]
+    for header, _, _ in columns:
+        table.add_column(header, justify="left" if header in ("model", "alias") else "right")
+    for row in frame.to_dict("records"):
+        table.add_row(*("" if row[key] is None or row[key] != row[key] else fmt.format(row[key])
+                        for _, key, fmt in columns))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(table)
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@tracking_option
+def ui(port: int, tracking_uri: str | None) -> None:
+    """Start the MLflow UI on 127.0.0.1 against the configured store."""
+    import subprocess
+
+    from mlscale.tracking import load_settings
+
+    settings = load_settings(tracking_uri)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri,
+               "--registry-store-uri", settings.registry_uri or settings.tracking_uri,
+               "--host", "127.0.0.1", "--port", str(port)]
+    click.echo(f"MLflow UI for {settings.tracking_uri}: http://127.0.0.1:{port}/#/models "
+               "(Ctrl-C stops it)", err=True)
+    try:
+        code = subprocess.call(command)
+    except KeyboardInterrupt:
+        code = 0
+    if code:
+        raise MlscaleError(f"the MLflow UI exited with status {code} (is port {port} free?)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

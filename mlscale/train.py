@@ -43,7 +43,7 @@ class TrainConfig:
     val_size: int = 5000
     epochs: int | None = None  # exactly one of epochs / max_train_flops; neither: 3 epochs
     max_train_flops: float | None = None
-    batch_size: int = 256
+    batch_size: int | None = None  # None: 256, less for small subsets (see auto_batch_size)
     lr: float = 3e-3
     weight_decay: float = 5e-4
     seed: int = 0
@@ -72,7 +72,7 @@ class TrainConfig:
             raise MlscaleError(
                 f"max_train_flops must be a positive number, got {self.max_train_flops}"
             )
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise MlscaleError(f"batch size must be >= 1, got {self.batch_size}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise MlscaleError(f"learning rate must be positive, got {self.lr}")
@@ -114,6 +114,7 @@ class TrainResult:
     width: float
     depth: int
     precision: str  # what "auto" resolved to
+    batch_size: int
     params: int
     flops_per_sample: int
     train_flops_per_sample: int
@@ -237,6 +238,11 @@ def _plan_samples(config: TrainConfig, train_size: int, cost: ModelCost) -> int:
     return samples
 
 
+def auto_batch_size(train_size: int) -> int:
+    """256, or less for small subsets so one epoch takes at least 32 steps (16 at least)."""
+    return min(256, max(16, train_size // 32))
+
+
 def _one_cycle(total_steps: int, warmup_share: float = 0.25) -> Callable[[int], float]:
     """LR factor per step: linear warm-up, then cosine decay to zero (one-cycle shape).
 
@@ -321,7 +327,7 @@ def train(
     val_set = on_device(data.train_images[val_idx], data.train_labels[val_idx])
     test_set = on_device(data.test_images, data.test_labels)
 
-    batch_size = min(config.batch_size, len(train_set))
+    batch_size = min(config.batch_size or auto_batch_size(len(train_set)), len(train_set))
     full_passes, remainder = divmod(total_samples, len(train_set))
     total_steps = (full_passes * math.ceil(len(train_set) / batch_size)
                    + math.ceil(remainder / batch_size))
@@ -367,6 +373,7 @@ def train(
         width=width,
         depth=depth,
         precision=precision,
+        batch_size=batch_size,
         params=cost.params,
         flops_per_sample=cost.flops_per_sample,
         train_flops_per_sample=cost.train_flops_per_sample,

@@ -1,0 +1,183 @@
+"""Inference latency with ONNX Runtime: the figures onnxruntime_perf_test and MLPerf use.
+
+For each batch size: warm-up, then a fixed count of runs or runs for a fixed time;
+p50/p90/p95/p99, mean, min, max per run and throughput in samples/s (MLPerf's
+SingleStream scenario reads p90 at batch 1, Offline reads throughput). Torch eager at
+batch 1 is measured beside it on the same threads.
+
+>>> report = benchmark_onnx(onnx_bytes, (1, 28, 28), batch_sizes=(1, 32))  # doctest: +SKIP
+>>> report.at_batch(1).p90_ms                                             # doctest: +SKIP
+0.05
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any
+
+from mlscale.errors import MlscaleError
+from mlscale.export import INPUT_NAME, ort_session
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
+
+__all__ = ["DEFAULT_BATCH_SIZES", "LatencyReport", "LatencyStats", "benchmark_onnx",
+           "default_threads"]
+
+DEFAULT_BATCH_SIZES = (1, 32, 256)
+WARMUP_RUNS = 5
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Per-run latency figures (milliseconds) and throughput at one batch size."""
+
+    batch_size: int
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    max_ms: float
+    throughput: float  # samples per second
+
+    @classmethod
+    def from_seconds(cls, batch_size: int, seconds: np.ndarray) -> LatencyStats:
+        import numpy as np
+
+        ms = seconds * 1e3
+        p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99])
+        return cls(batch_size, len(ms), float(p50), float(p90), float(p95), float(p99),
+                   float(ms.mean()), float(ms.min()), float(ms.max()),
+                   float(batch_size * len(ms) / seconds.sum()))
+
+
+@dataclass(frozen=True)
+class LatencyReport:
+    """ONNX Runtime latency per batch size, torch eager at batch 1, and the set-up."""
+
+    onnx: list[LatencyStats]
+    torch_batch1: LatencyStats | None
+    threads: int
+    cpu: str
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def at_batch(self, batch_size: int) -> LatencyStats:
+        return next(s for s in self.onnx if s.batch_size == batch_size)
+
+    @property
+    def largest_batch(self) -> LatencyStats:
+        return max(self.onnx, key=lambda s: s.batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_threads() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _time_runs(run: Callable[[], object], iterations: int | None, seconds: float | None
+               ) -> np.ndarray:
+    """Per-run wall seconds after a warm-up: ``iterations`` runs, or runs for ``seconds``."""
+    import numpy as np
+
+    for _ in range(WARMUP_RUNS):
+        run()
+    clock = time.perf_counter
+    samples: list[float] = []
+    deadline = clock() + (seconds or 0.0)
+    while (len(samples) < iterations) if iterations is not None else (
+            clock() < deadline or len(samples) < 10):
+        started = clock()
+        run()
+        samples.append(clock() - started)
+    return np.asarray(samples)
+
+
+def _validate(batch_sizes: Sequence[int], threads: int, iterations: int | None,
+              seconds: float | None) -> None:
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise MlscaleError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    if threads < 1:
+        raise MlscaleError(f"threads must be >= 1, got {threads}")
+    if (iterations is None) == (seconds is None):
+        raise MlscaleError("give exactly one of iterations or seconds")
+    if iterations is not None and iterations < 1:
+        raise MlscaleError(f"iterations must be >= 1, got {iterations}")
+    if seconds is not None and not seconds > 0:
+        raise MlscaleError(f"seconds must be positive, got {seconds}")
+
+
+def benchmark_onnx(
+    model: bytes | str,
+    input_shape: Sequence[int],
+    *,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    threads: int | None = None,
+    iterations: int | None = None,
+    seconds: float | None = 0.25,
+    torch_model: nn.Module | None = None,
+) -> LatencyReport:
+    """Time an ONNX model (bytes or a path) in ONNX Runtime at each batch size.
+
+    ``seconds`` is per batch size (at least 10 runs); pass ``iterations`` (and
+    ``seconds=None``) for a fixed count. With ``torch_model``, torch eager latency at
+    batch 1 is measured on the same number of threads.
+    """
+    import numpy as np
+
+    threads = default_threads() if threads is None else threads
+    _validate(batch_sizes, threads, iterations, seconds)
+    session = ort_session(model, threads)
+    rng = np.random.default_rng(0)
+    stats = []
+    for batch_size in batch_sizes:
+        x = rng.standard_normal((batch_size, *input_shape), dtype=np.float32)
+        feed = {INPUT_NAME: x}
+
+        def run_once(feed: dict[str, np.ndarray] = feed) -> object:
+            return session.run(None, feed)
+
+        runs = _time_runs(run_once, iterations, seconds)
+        stats.append(LatencyStats.from_seconds(batch_size, runs))
+    torch_stats = _torch_batch1(torch_model, input_shape, threads, iterations, seconds) \
+        if torch_model is not None else None
+    versions = {name: version(name) for name in ("onnxruntime", "onnx", "torch", "numpy")}
+    return LatencyReport(stats, torch_stats, threads, cpu_model(), versions)
+
+
+def _torch_batch1(model: nn.Module, input_shape: Sequence[int], threads: int,
+                  iterations: int | None, seconds: float | None) -> LatencyStats:
+    import torch
+
+    model = model.eval().to("cpu")
+    x = torch.randn(1, *input_shape)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            runs = _time_runs(lambda: model(x), iterations, seconds)
+    finally:
+        torch.set_num_threads(previous)
+    return LatencyStats.from_seconds(1, runs)

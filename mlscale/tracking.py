@@ -1,0 +1,518 @@
+"""MLflow tracking and Model Registry: one run and one registered version per model.
+
+Settings come from ``mlflow.yaml`` (relative paths resolve against its folder, so the
+store is the same from any working directory); ``MLFLOW_TRACKING_URI`` /
+``MLFLOW_REGISTRY_URI`` and an explicit ``tracking_uri`` override it, as MLflow users
+expect.
+
+>>> settings = load_settings()                                     # doctest: +SKIP
+>>> outcome = train_and_register(TrainConfig(arch="lenet5"), settings)  # doctest: +SKIP
+>>> outcome.version.model_uri                                      # doctest: +SKIP
+'models:/mnist-lenet5/1'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlscale.errors import MlscaleError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow import MlflowClient
+    from torch import nn
+
+    from mlscale.export import ExportedModel
+    from mlscale.latency import LatencyReport
+    from mlscale.train import EpochMetrics, Progress, TrainConfig, TrainResult
+
+__all__ = [
+    "CHAMPION",
+    "COST_CARD",
+    "MlflowSettings",
+    "RegisteredVersion",
+    "TrainingOutcome",
+    "load_settings",
+    "models_frame",
+    "train_and_register",
+]
+
+CHAMPION = "champion"
+FAILURE_TAG = "mlscale.failure"
+# The version tags every registered model carries: what it cost and what it scored.
+COST_CARD = ("params", "flops_per_sample", "train_flops", "test_accuracy", "test_loss",
+             "latency_p50_ms", "latency_p90_ms", "throughput")
+DESCRIPTIVE_TAGS = ("dataset", "arch", "width", "depth", "run_name", "train_size",
+                    "samples_seen", "error_rate", "train_flops_per_sample", "latency_p99_ms",
+                    "latency_threads")
+CONFIG_ENV = "MLSCALE_MLFLOW_CONFIG"
+TORCH_WEIGHTS = "torch/state_dict.pt"
+
+
+@dataclass(frozen=True)
+class MlflowSettings:
+    """Where runs and models go, and how experiments and registered models are named."""
+
+    tracking_uri: str = "sqlite:///registry/mlflow.db"
+    registry_uri: str | None = None  # None: the tracking URI
+    artifact_location: str | None = "registry/artifacts"
+    experiment: str = "mlscale-{dataset}"
+    registered_model: str = "{dataset}-{arch}"
+
+    def experiment_name(self, dataset: str) -> str:
+        return self.experiment.format(dataset=dataset)
+
+    def model_name(self, dataset: str, arch: str) -> str:
+        return self.registered_model.format(dataset=dataset, arch=arch)
+
+
+def _config_path() -> Path | None:
+    if env := os.environ.get(CONFIG_ENV):
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[1] / "mlflow.yaml"
+    if checkout.is_file():
+        return checkout
+    cwd = Path.cwd() / "mlflow.yaml"
+    return cwd if cwd.is_file() else None
+
+
+def _absolute_sqlite(uri: str, base: Path) -> str:
+    """``sqlite:///relative.db`` -> ``sqlite:////abs/relative.db`` (and its folder made)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return uri
+    path = Path(uri[len(prefix):])
+    if not path.is_absolute():
+        path = base / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return prefix + str(path.resolve())
+
+
+def load_settings(tracking_uri: str | None = None) -> MlflowSettings:
+    """Read ``mlflow.yaml`` and apply the environment and ``tracking_uri`` overrides."""
+    import yaml
+
+    path = _config_path()
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise MlscaleError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
+        known = {f.name for f in fields(MlflowSettings)}
+        if not isinstance(values, dict) or set(values) - known:
+            unknown = sorted(set(values) - known) if isinstance(values, dict) else values
+            raise MlscaleError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
+    base = path.parent if path is not None else Path.cwd()
+    settings = MlflowSettings(**values)
+    override = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    artifact_location = settings.artifact_location
+    if override:
+        # The configured artifact folder belongs to the configured store; another store
+        # keeps its artifacts beside its database (or on its server).
+        artifact_location = None
+        uri = override
+    else:
+        uri = settings.tracking_uri
+        if artifact_location and "://" not in artifact_location:
+            artifact_location = (base / artifact_location).resolve().as_uri()
+    uri = _absolute_sqlite(uri, Path.cwd() if override else base)
+    if artifact_location is None and uri.startswith("sqlite:///"):
+        artifact_location = (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+    registry = os.environ.get("MLFLOW_REGISTRY_URI") or settings.registry_uri or uri
+    return MlflowSettings(uri, _absolute_sqlite(registry, base), artifact_location,
+                          settings.experiment, settings.registered_model)
+
+
+@contextlib.contextmanager
+def mlflow_errors(settings: MlflowSettings) -> Iterator[None]:
+    """Turn MLflow and connection failures into one-line MlscaleErrors."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlscaleError:
+        raise
+    except (MlflowException, OSError, ValueError) as error:
+        text = str(error).strip()
+        first = text.splitlines()[0] if text else type(error).__name__
+        raise MlscaleError(
+            f"MLflow store {settings.tracking_uri} failed: {first[:300]}"
+        ) from None
+
+
+def client(settings: MlflowSettings) -> MlflowClient:
+    """An MlflowClient on the configured stores (fails fast on unreachable servers)."""
+    import logging
+
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no per-call INFO chatter
+    # An unreachable server otherwise retries with back-off for minutes.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    if "://" not in settings.tracking_uri and not settings.tracking_uri.startswith("databricks"):
+        raise MlscaleError(f"malformed tracking URI '{settings.tracking_uri}': expected a "
+                           "scheme such as sqlite:///path.db, http://host:port or file:///dir")
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.registry_uri or settings.tracking_uri)
+    with mlflow_errors(settings):
+        return mlflow.MlflowClient(settings.tracking_uri, settings.registry_uri)
+
+
+def experiment_id(settings: MlflowSettings, name: str) -> str:
+    """The id of experiment ``name``, created (with the configured artifact folder) if new."""
+    mlflow_client = client(settings)
+    with mlflow_errors(settings):
+        existing = mlflow_client.get_experiment_by_name(name)
+        if existing is not None:
+            return str(existing.experiment_id)
+        return str(mlflow_client.create_experiment(name, settings.artifact_location))
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """One model version in the registry and whether it is now the champion."""
+
+    name: str
+    version: str
+    champion: bool
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+@dataclass
+class TrainingOutcome:
+    """Everything one tracked training produced."""
+
+    result: TrainResult
+    exported: ExportedModel
+    latency: LatencyReport
+    run_id: str
+    version: RegisteredVersion | None
+
+    def to_dict(self) -> dict[str, Any]:
+        payload = self.result.to_dict()
+        payload["onnx_max_abs_diff"] = self.exported.max_abs_diff
+        payload["latency"] = self.latency.to_dict()
+        payload["run_id"] = self.run_id
+        payload["registered"] = asdict(self.version) if self.version else None
+        if self.version:
+            payload["registered"]["model_uri"] = self.version.model_uri
+        return payload
+
+
+def cost_card(result: TrainResult, latency: LatencyReport) -> dict[str, float | int | str]:
+    """The figures a registered version carries as tags (and its run as metrics)."""
+    batch1 = latency.at_batch(1) if any(s.batch_size == 1 for s in latency.onnx) else None
+    card: dict[str, float | int | str] = {
+        "params": result.params,
+        "flops_per_sample": result.flops_per_sample,
+        "train_flops_per_sample": result.train_flops_per_sample,
+        "train_flops": result.train_flops,
+        "samples_seen": result.samples_seen,
+        "train_size": result.train_size,
+        "test_accuracy": result.test_accuracy,
+        "test_loss": result.test_loss,
+        "error_rate": result.error_rate,
+        "throughput": latency.largest_batch.throughput,
+        "latency_threads": latency.threads,
+    }
+    if batch1 is not None:
+        card |= {"latency_p50_ms": batch1.p50_ms, "latency_p90_ms": batch1.p90_ms,
+                 "latency_p99_ms": batch1.p99_ms}
+    return card
+
+
+def latency_markdown(report: LatencyReport) -> str:
+    """The latency table as Markdown, with the set-up it was measured on."""
+    lines = [f"ONNX Runtime CPU, {report.threads} thread(s), {report.cpu}; "
+             + ", ".join(f"{k} {v}" for k, v in report.versions.items()), "",
+             "| engine | batch | runs | p50 ms | p90 ms | p95 ms | p99 ms | mean ms | min ms "
+             "| max ms | samples/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [("onnxruntime", s) for s in report.onnx]
+    if report.torch_batch1 is not None:
+        rows.append(("torch eager", report.torch_batch1))
+    for engine, s in rows:
+        lines.append(f"| {engine} | {s.batch_size} | {s.runs} | {s.p50_ms:.4f} | {s.p90_ms:.4f} "
+                     f"| {s.p95_ms:.4f} | {s.p99_ms:.4f} | {s.mean_ms:.4f} | {s.min_ms:.4f} "
+                     f"| {s.max_ms:.4f} | {s.throughput:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _register(mlflow_client: MlflowClient, name: str, model_uri: str, run_id: str,
+              tags: dict[str, str], description: str) -> str:
+    """Create the version with all its tags in one call: complete, or not there at all."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.get_registered_model(name)
+    except MlflowException:
+        with contextlib.suppress(MlflowException):  # another worker may have made it
+            mlflow_client.create_registered_model(
+                name, description="Models registered by mlscale, one version per training run.")
+    version = mlflow_client.create_model_version(name, model_uri, run_id, tags=tags,
+                                                 description=description)
+    return str(version.version)
+
+
+def _move_champion(mlflow_client: MlflowClient, name: str, version: str,
+                   accuracy: float) -> bool:
+    """Point the champion alias at ``version`` if it beats the current champion."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        current = mlflow_client.get_model_version_by_alias(name, CHAMPION)
+        best = float(current.tags.get("test_accuracy", "-inf"))
+    except MlflowException:
+        best = float("-inf")
+    if accuracy > best:
+        mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+        return True
+    return False
+
+
+def _tag_value(value: object) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def train_and_register(
+    config: TrainConfig,
+    settings: MlflowSettings,
+    *,
+    register: bool = True,
+    latency_batch_sizes: tuple[int, ...] | None = None,
+    latency_seconds: float = 0.25,
+    latency_threads: int | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    run_tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> TrainingOutcome:
+    """Train, export to ONNX, benchmark latency, log one MLflow run and register it.
+
+    Any failure marks the run FAILED with the reason in the ``mlscale.failure`` tag,
+    and no version is registered unless every step before registration succeeded.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from mlscale.data import load
+    from mlscale.export import export_onnx
+    from mlscale.latency import DEFAULT_BATCH_SIZES, benchmark_onnx
+    from mlscale.models import model_spec, run_name
+    from mlscale.train import train
+
+    config.validate()
+    spec = model_spec(config.arch)
+    name = run_name(config.arch, config.width if config.width is not None else spec.default_width,
+                    config.depth if config.depth is not None else spec.default_depth)
+    data = load(config.dataset, config.data_root)
+    mlflow_client = client(settings)
+    exp_id = experiment_id(settings, settings.experiment_name(config.dataset))
+    with mlflow_errors(settings):
+        run = mlflow.start_run(experiment_id=exp_id, run_name=name, tags=run_tags,
+                               parent_run_id=parent_run_id, nested=parent_run_id is not None)
+    run_id = run.info.run_id
+    try:
+        mlflow.log_params({k: str(v) for k, v in asdict(config).items()})
+        mlflow.log_dict(asdict(config), "config.json")
+        result = train(config, data=data, on_progress=on_progress, on_epoch=on_epoch)
+        _log_training(result)
+        images = data.test_images[:256].unsqueeze(1).float().div(255)
+        batch = images.sub(data.info.mean).div(data.info.std)
+        exported = export_onnx(result.model, batch)
+        latency = benchmark_onnx(exported.serialized(), data.info.input_shape,
+                                 batch_sizes=latency_batch_sizes or DEFAULT_BATCH_SIZES,
+                                 threads=latency_threads, seconds=latency_seconds,
+                                 torch_model=result.model)
+        card = cost_card(result, latency)
+        mlflow.log_metrics({k: float(v) for k, v in card.items()}
+                           | {"onnx_max_abs_diff": exported.max_abs_diff})
+        example = batch[:1].numpy()
+        signature = infer_signature(example, result.model(batch[:1]).detach().numpy())
+        model_info = mlflow.onnx.log_model(exported.model, name="model", signature=signature,
+                                           input_example=example,
+                                           onnx_execution_providers=["CPUExecutionProvider"])
+        mlflow.log_dict(latency.to_dict(), "latency.json")
+        mlflow.log_text(latency_markdown(latency), "latency.md")
+        _log_state_dict(result.model)
+        version = None
+        if register:
+            model_name = settings.model_name(config.dataset, config.arch)
+            tags = {k: _tag_value(v) for k, v in card.items()}
+            tags |= {"dataset": config.dataset, "arch": config.arch,
+                     "width": _tag_value(result.width), "depth": str(result.depth),
+                     "run_name": result.run_name}
+            number = _register(mlflow_client, model_name, model_info.model_uri, run_id, tags,
+                               _description(result, latency))
+            champion = _move_champion(mlflow_client, model_name, number, result.test_accuracy)
+            version = RegisteredVersion(model_name, number, champion)
+            mlflow.set_tag("mlscale.registered_model", version.model_uri)
+        mlflow.end_run("FINISHED")
+    except BaseException as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        with contextlib.suppress(Exception):
+            mlflow_client.set_tag(run_id, FAILURE_TAG, reason[:5000])
+        mlflow.end_run("FAILED")
+        raise
+    return TrainingOutcome(result, exported, latency, run_id, version)
+
+
+def _log_state_dict(model: nn.Module) -> None:
+    """The torch weights beside the ONNX model, so torch eager latency can be re-measured."""
+    import tempfile
+
+    import mlflow
+    import torch
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / TORCH_WEIGHTS.split("/")[-1]
+        torch.save(model.state_dict(), path)
+        mlflow.log_artifact(str(path), TORCH_WEIGHTS.split("/")[0])
+
+
+def _resolve_version(mlflow_client: MlflowClient, uri: str) -> Any:
+    """The ModelVersion a ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` URI names."""
+    body = uri.removeprefix("models:/")
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        return mlflow_client.get_model_version_by_alias(name, alias)
+    name, _, number = body.rpartition("/")
+    if not name or not number.isdigit():
+        raise MlscaleError(f"malformed model URI '{uri}': use models:/NAME/VERSION or "
+                           "models:/NAME@ALIAS")
+    return mlflow_client.get_model_version(name, number)
+
+
+def load_registered_onnx(uri: str, settings: MlflowSettings) -> tuple[bytes, nn.Module | None]:
+    """A registered version's ONNX bytes and, where its run logged them, its torch weights."""
+    import mlflow
+    import torch
+
+    from mlscale.data import dataset_info
+    from mlscale.models import get_model
+
+    mlflow_client = client(settings)
+    with mlflow_errors(settings):
+        version = _resolve_version(mlflow_client, uri)
+        proto = mlflow.onnx.load_model(f"models:/{version.name}/{version.version}")
+        tags = version.tags
+        try:
+            weights = mlflow_client.download_artifacts(version.run_id, TORCH_WEIGHTS)
+        except (OSError, mlflow.exceptions.MlflowException):
+            return proto.SerializeToString(), None
+    info = dataset_info(tags["dataset"])
+    model = get_model(tags["arch"], width=float(tags["width"]), depth=int(tags["depth"]),
+                      in_channels=info.input_shape[0], num_classes=info.num_classes,
+                      image_size=info.input_shape[1])
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    return proto.SerializeToString(), model.eval()
+
+
+def _log_training(result: TrainResult) -> None:
+    """Per-epoch validation metrics as steps, the final figures, the resolved dials."""
+    import mlflow
+
+    for index, epoch in enumerate(result.history, start=1):
+        mlflow.log_metrics({"val_loss": epoch.val_loss, "val_accuracy": epoch.val_accuracy},
+                           step=index)
+    mlflow.log_metrics({
+        "test_loss": result.test_loss, "test_accuracy": result.test_accuracy,
+        "error_rate": result.error_rate, "params": result.params,
+        "flops_per_sample": result.flops_per_sample,
+        "train_flops_per_sample": result.train_flops_per_sample,
+        "train_flops": result.train_flops, "samples_seen": result.samples_seen,
+        "wall_time_s": result.wall_time_s, "train_time_s": result.train_time_s})
+    mlflow.log_params({"resolved_width": _tag_value(result.width),
+                       "resolved_depth": result.depth,
+                       "resolved_precision": result.precision,
+                       "resolved_batch_size": result.batch_size,
+                       "resolved_train_size": result.train_size})
+
+
+def _description(result: TrainResult, latency: LatencyReport) -> str:
+    batch1 = latency.at_batch(1) if any(s.batch_size == 1 for s in latency.onnx) else None
+    speed = f"p90 {batch1.p90_ms:.3f} ms at batch 1, " if batch1 else ""
+    return (f"{result.run_name} on {result.config.dataset}: test accuracy "
+            f"{result.test_accuracy:.2%}, test loss {result.test_loss:.4f} nats; "
+            f"{result.params:,} params, {result.flops_per_sample:,} FLOPs per sample, "
+            f"{result.train_flops:.3g} training FLOPs (FLOPs = 2 x MACs); ONNX Runtime "
+            f"{speed}{latency.largest_batch.throughput:,.0f} samples/s at batch "
+            f"{latency.largest_batch.batch_size} on {latency.threads} thread(s).")
+
+
+NUMERIC_COLUMNS = ("params", "flops_per_sample", "train_flops_per_sample", "train_flops",
+                   "samples_seen", "train_size", "test_accuracy", "test_loss", "error_rate",
+                   "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput",
+                   "latency_threads", "width", "depth")
+
+
+def models_frame(settings: MlflowSettings, *, dataset: str | None = None,
+                 arch: str | None = None) -> pd.DataFrame:
+    """One row per registered model version with its cost card, best accuracy first."""
+    import pandas as pd
+
+    mlflow_client = client(settings)
+    rows = []
+    with mlflow_errors(settings):
+        aliases: dict[tuple[str, str], list[str]] = {}
+        for model in _all_registered_models(mlflow_client):
+            for alias, version in (model.aliases or {}).items():
+                aliases.setdefault((model.name, str(version)), []).append(alias)
+        for version in _all_versions(mlflow_client):
+            tags = dict(version.tags)
+            row: dict[str, Any] = {"name": version.name, "version": int(version.version),
+                                   "model_uri": f"models:/{version.name}/{version.version}",
+                                   "aliases": ",".join(aliases.get((version.name,
+                                                                    str(version.version)), [])),
+                                   "run_id": version.run_id,
+                                   "created": pd.Timestamp(version.creation_timestamp,
+                                                           unit="ms")}
+            row |= {k: tags.get(k) for k in ("dataset", "arch", "run_name")}
+            row |= {k: tags.get(k) for k in NUMERIC_COLUMNS}
+            rows.append(row)
+    frame = pd.DataFrame(rows, columns=["name", "version", "model_uri", "aliases", "dataset",
+                                        "arch", "run_name", *NUMERIC_COLUMNS, "run_id",
+                                        "created"])
+    for column in NUMERIC_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    if dataset is not None:
+        frame = frame[frame["dataset"] == dataset]
+    if arch is not None:
+        frame = frame[frame["arch"] == arch]
+    return frame.sort_values(["test_accuracy", "name", "version"],
+                             ascending=[False, True, True]).reset_index(drop=True)
+
+
+def _all_registered_models(mlflow_client: MlflowClient) -> list[Any]:
+    found, token = [], None
+    while True:
+        page = mlflow_client.search_registered_models(max_results=1000, page_token=token)
+        found += list(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def _all_versions(mlflow_client: MlflowClient) -> list[Any]:
+    found, token = [], None
+    while True:
+        page = mlflow_client.search_model_versions(max_results=10_000, page_token=token)
+        found += list(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def frame_to_json(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Records with NaN as null and timestamps as ISO strings."""
+    return json.loads(frame.to_json(orient="records", date_format="iso"))

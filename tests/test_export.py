@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mlscale.data import Splits
+from mlscale.errors import MlscaleError
+from mlscale.export import INPUT_NAME, OUTPUT_NAME, PARITY_TOLERANCE, export_onnx, ort_session
+from mlscale.models import get_model
+
+
+def _real_batch(mnist: Splits, size: int = 64) -> torch.Tensor:
+    images = mnist.test_images[:size].unsqueeze(1).float().div(255)
+    return images.sub(mnist.info.mean).div(mnist.info.std)
+
+
+@pytest.mark.parametrize("arch", ["lenet5", "resnet_mini", "efficientnet_mini"])
+def test_export_is_checked_and_matches_torch(mnist: Splits, arch: str) -> None:
+    torch.manual_seed(0)
+    model = get_model(arch, width=0.5 if arch != "lenet5" else 1.0)
+    exported = export_onnx(model, _real_batch(mnist))
+    assert 0 <= exported.max_abs_diff <= PARITY_TOLERANCE
+    session = ort_session(exported.serialized())
+    for batch_size in (1, 7):  # the batch axis is dynamic
+        x = _real_batch(mnist, batch_size)
+        logits = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+        with torch.inference_mode():
+            expected = model.eval()(x).numpy()
+        assert logits.shape == (batch_size, 10)
+        np.testing.assert_allclose(logits, expected, atol=PARITY_TOLERANCE)
+
+
+class _NoisyHead(nn.Module):
+    """A model ONNX cannot reproduce: fresh random noise on every call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :10] + torch.rand(x.shape[0], 10)
+
+
+def test_a_parity_failure_reports_the_difference(mnist: Splits) -> None:
+    with pytest.raises(MlscaleError, match=r"ONNX export differs from torch by \d"):
+        export_onnx(_NoisyHead(), _real_batch(mnist))
+
+
+def test_a_corrupt_onnx_file_is_a_one_line_error() -> None:
+    with pytest.raises(MlscaleError, match="ONNX Runtime cannot load the model") as error:
+        ort_session(b"this is not a protobuf")
+    assert "\n" not in str(error.value)

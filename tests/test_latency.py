@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlscale.errors import MlscaleError
+from mlscale.export import export_onnx
+from mlscale.latency import benchmark_onnx
+from mlscale.models import get_model
+
+
+@pytest.fixture(scope="module")
+def lenet_onnx() -> tuple[bytes, torch.nn.Module]:
+    torch.manual_seed(0)
+    model = get_model("lenet5").eval()
+    return export_onnx(model, torch.randn(8, 1, 28, 28)).serialized(), model
+
+
+def test_every_percentile_and_throughput(lenet_onnx: tuple[bytes, torch.nn.Module]) -> None:
+    onnx_bytes, model = lenet_onnx
+    report = benchmark_onnx(onnx_bytes, (1, 28, 28), batch_sizes=(1, 16), threads=1,
+                            iterations=30, seconds=None, torch_model=model)
+    assert [s.batch_size for s in report.onnx] == [1, 16]
+    for stats in [*report.onnx, report.torch_batch1]:
+        assert stats is not None and stats.runs == 30
+        assert 0 < stats.min_ms <= stats.p50_ms <= stats.p90_ms <= stats.p95_ms
+        assert stats.p95_ms <= stats.p99_ms <= stats.max_ms
+        assert stats.min_ms <= stats.mean_ms <= stats.max_ms
+        per_run_s = stats.mean_ms / 1e3
+        assert stats.throughput == pytest.approx(stats.batch_size / per_run_s, rel=1e-6)
+    assert report.threads == 1
+    assert {"onnxruntime", "torch"} <= report.versions.keys()
+    assert report.cpu
+
+
+def test_a_time_budget_runs_at_least_ten_times(lenet_onnx: tuple[bytes, torch.nn.Module]
+                                               ) -> None:
+    report = benchmark_onnx(lenet_onnx[0], (1, 28, 28), batch_sizes=(4,), seconds=0.05)
+    assert report.onnx[0].runs >= 10 and report.torch_batch1 is None
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch_sizes": (0,)}, "batch sizes must be positive"),
+        ({"threads": 0}, "threads must be >= 1"),
+        ({"iterations": 5, "seconds": 1.0}, "exactly one of iterations or seconds"),
+        ({"iterations": 0, "seconds": None}, "iterations must be >= 1"),
+        ({"seconds": -1.0}, "seconds must be positive"),
+    ],
+)
+def test_bad_settings_are_rejected(lenet_onnx: tuple[bytes, torch.nn.Module],
+                                   options: dict[str, object], message: str) -> None:
+    with pytest.raises(MlscaleError, match=message):
+        benchmark_onnx(lenet_onnx[0], (1, 28, 28), **options)  # type: ignore[arg-type]

@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from mlscale.cli import cli
+from mlscale.data import Splits
+from mlscale.errors import MlscaleError
+from mlscale.export import INPUT_NAME, ort_session
+from mlscale.tracking import (
+    CHAMPION,
+    COST_CARD,
+    FAILURE_TAG,
+    load_registered_onnx,
+    load_settings,
+    models_frame,
+    train_and_register,
+)
+from mlscale.train import TrainConfig
+
+FAST_LATENCY = {"latency_batch_sizes": (1, 8), "latency_seconds": 0.02}
+
+
+def _train(train_size: int, epochs: int, seed: int = 0, **options: object):
+    config = TrainConfig(arch="lenet5", train_size=train_size, epochs=epochs, seed=seed,
+                         val_size=500)
+    return train_and_register(config, load_settings(), **{**FAST_LATENCY, **options})
+
+
+def _client(uri: str) -> MlflowClient:
+    return MlflowClient(uri, uri)
+
+
+def test_two_models_become_two_versions_with_full_cost_cards(fresh_store: str) -> None:
+    weak = _train(300, 1)
+    strong = _train(3_000, 2)
+    assert weak.version is not None and strong.version is not None
+    assert (weak.version.name, weak.version.version) == ("mnist-lenet5", "1")
+    assert strong.version.version == "2"
+    client = _client(fresh_store)
+    for outcome in (weak, strong):
+        assert outcome.version is not None
+        version = client.get_model_version("mnist-lenet5", outcome.version.version)
+        for tag in (*COST_CARD, "dataset", "arch", "width", "depth", "latency_p99_ms"):
+            assert tag in version.tags, tag
+        assert float(version.tags["test_accuracy"]) == pytest.approx(
+            outcome.result.test_accuracy, abs=1e-6)
+        assert int(version.tags["params"]) == 61_706
+        assert "test accuracy" in version.description
+        run = client.get_run(outcome.run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.params["arch"] == "lenet5"
+        assert run.data.metrics["latency_p90_ms"] > 0
+        assert run.data.metrics["throughput"] > 0
+        history = client.get_metric_history(outcome.run_id, "val_accuracy")
+        assert [m.step for m in history] == list(range(1, len(outcome.result.history) + 1))
+        artifacts = {a.path for a in client.list_artifacts(outcome.run_id)}
+        assert {"config.json", "latency.json", "latency.md", "torch"} <= artifacts
+    assert strong.result.test_accuracy > weak.result.test_accuracy
+
+    frame = models_frame(load_settings())
+    assert list(frame["version"]) == [2, 1]  # best accuracy first
+    assert frame.loc[0, "aliases"] == CHAMPION
+    result = CliRunner().invoke(cli, ["models", "--json"])
+    listed = json.loads(result.output)
+    assert {row["model_uri"] for row in listed} == {"models:/mnist-lenet5/1",
+                                                   "models:/mnist-lenet5/2"}
+    assert all(row["params"] == 61_706 for row in listed)
+    csv = CliRunner().invoke(cli, ["models", "--csv", "--arch", "lenet5"]).output
+    assert csv.splitlines()[0].startswith("name,version,model_uri")
+    assert len(csv.splitlines()) == 3
+    assert json.loads(CliRunner().invoke(cli, ["models", "--json", "--arch", "vgg_mini"]
+                                         ).output) == []
+
+
+def test_the_champion_alias_moves_only_when_beaten(fresh_store: str) -> None:
+    client = _client(fresh_store)
+    first = _train(300, 1)
+    assert first.version is not None and first.version.champion
+    better = _train(3_000, 2)
+    assert better.version is not None and better.version.champion
+    assert str(client.get_model_version_by_alias("mnist-lenet5", CHAMPION).version) == "2"
+    worse = _train(200, 1, seed=3)
+    assert worse.version is not None and not worse.version.champion
+    assert worse.result.test_accuracy < better.result.test_accuracy
+    assert str(client.get_model_version_by_alias("mnist-lenet5", CHAMPION).version) == "2"
+
+
+def test_the_registered_onnx_loads_from_its_uri_and_matches_torch(
+    fresh_store: str, mnist: Splits
+) -> None:
+    outcome = _train(500, 1)
+    assert outcome.version is not None
+    for uri in (outcome.version.model_uri, f"models:/mnist-lenet5@{CHAMPION}"):
+        onnx_bytes, torch_model = load_registered_onnx(uri, load_settings())
+        assert torch_model is not None
+        x = mnist.test_images[:32].unsqueeze(1).float().div(255)
+        x = x.sub(mnist.info.mean).div(mnist.info.std)
+        logits = ort_session(onnx_bytes).run(None, {INPUT_NAME: x.numpy()})[0]
+        with torch.inference_mode():
+            np.testing.assert_allclose(logits, torch_model(x).numpy(), atol=1e-4)
+    via_mlflow = mlflow.onnx.load_model(outcome.version.model_uri)
+    assert via_mlflow.graph.input[0].name == INPUT_NAME
+
+
+def test_no_register_logs_the_run_but_registers_nothing(fresh_store: str) -> None:
+    outcome = _train(300, 1, register=False)
+    assert outcome.version is None
+    assert _client(fresh_store).get_run(outcome.run_id).info.status == "FINISHED"
+    assert models_frame(load_settings()).empty
+
+
+def test_a_failed_benchmark_marks_the_run_failed_and_registers_nothing(fresh_store: str
+                                                                       ) -> None:
+    with pytest.raises(MlscaleError, match="batch sizes must be positive"):
+        _train(300, 1, latency_batch_sizes=(0,))
+    client = _client(fresh_store)
+    runs = client.search_runs([client.get_experiment_by_name("mlscale-mnist").experiment_id])
+    assert len(runs) == 1
+    assert runs[0].info.status == "FAILED"
+    assert "batch sizes must be positive" in runs[0].data.tags[FAILURE_TAG]
+    assert client.search_model_versions() == []
+
+
+def test_mlflow_yaml_paths_resolve_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mlflow.yaml").write_text(
+        "tracking_uri: sqlite:///store/mlflow.db\nartifact_location: store/artifacts\n"
+        "registered_model: 'zoo-{arch}-{dataset}'\n")
+    monkeypatch.setenv("MLSCALE_MLFLOW_CONFIG", str(project / "mlflow.yaml"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings()
+    assert settings.tracking_uri == f"sqlite:///{project / 'store' / 'mlflow.db'}"
+    assert settings.artifact_location == (project / "store" / "artifacts").as_uri()
+    assert settings.model_name("mnist", "lenet5") == "zoo-lenet5-mnist"
+    assert load_settings("sqlite:///other.db").tracking_uri == f"sqlite:///{elsewhere}/other.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/env.db")
+    assert load_settings().tracking_uri == "sqlite:////tmp/env.db"
+
+
+def test_unknown_keys_in_mlflow_yaml_are_rejected(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mlflow.yaml").write_text("tracking_url: sqlite:///x.db\n")
+    monkeypatch.setenv("MLSCALE_MLFLOW_CONFIG", str(tmp_path / "mlflow.yaml"))
+    with pytest.raises(MlscaleError, match="unknown key"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [("not-a-uri", "malformed tracking URI"),
+     ("http://127.0.0.1:9", "MLflow store http://127.0.0.1:9 failed")],
+)
+def test_bad_tracking_uris_are_one_line_errors(uri: str, message: str) -> None:
+    with pytest.raises(MlscaleError, match=message) as error:
+        models_frame(load_settings(uri))
+    assert "\n" not in str(error.value)
+
+
+def test_a_model_uri_that_does_not_exist_is_an_error(fresh_store: str) -> None:
+    with pytest.raises(MlscaleError, match="failed"):
+        load_registered_onnx("models:/mnist-nothing/7", load_settings())
+    with pytest.raises(MlscaleError, match="malformed model URI"):
+        load_registered_onnx("models:/just-a-name", load_settings())
