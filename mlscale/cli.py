@@ -338,7 +338,7 @@ def ui(port: int, tracking_uri: str | None) -> None:
     settings = load_settings(tracking_uri)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri,
                "--registry-store-uri", settings.registry_uri or settings.tracking_uri,
-               "--host", "127.0.0.1", "--port", str(port)]
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     click.echo(f"MLflow UI for {settings.tracking_uri}: http://127.0.0.1:{port}/#/models "
                "(Ctrl-C stops it)", err=True)
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -157,6 +158,7 @@ def client(settings: MlflowSettings) -> MlflowClient:
     # An unreachable server otherwise retries with back-off for minutes.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keeps --json clean
     if "://" not in settings.tracking_uri and not settings.tracking_uri.startswith("databricks"):
         raise MlscaleError(f"malformed tracking URI '{settings.tracking_uri}': expected a "
                            "scheme such as sqlite:///path.db, http://host:port or file:///dir")
@@ -198,12 +200,14 @@ class TrainingOutcome:
     latency: LatencyReport
     run_id: str
     version: RegisteredVersion | None
+    seconds: dict[str, float]  # wall time per stage: train, export, latency, log, register
 
     def to_dict(self) -> dict[str, Any]:
         payload = self.result.to_dict()
         payload["onnx_max_abs_diff"] = self.exported.max_abs_diff
         payload["latency"] = self.latency.to_dict()
         payload["run_id"] = self.run_id
+        payload["stage_seconds"] = self.seconds
         payload["registered"] = asdict(self.version) if self.version else None
         if self.version:
             payload["registered"]["model_uri"] = self.version.model_uri
@@ -325,15 +329,19 @@ def train_and_register(
     try:
         mlflow.log_params({k: str(v) for k, v in asdict(config).items()})
         mlflow.log_dict(asdict(config), "config.json")
+        clock = _StageClock()
         result = train(config, data=data, on_progress=on_progress, on_epoch=on_epoch)
+        clock.lap("train")
         _log_training(result)
         images = data.test_images[:256].unsqueeze(1).float().div(255)
         batch = images.sub(data.info.mean).div(data.info.std)
         exported = export_onnx(result.model, batch)
+        clock.lap("export")
         latency = benchmark_onnx(exported.serialized(), data.info.input_shape,
                                  batch_sizes=latency_batch_sizes or DEFAULT_BATCH_SIZES,
                                  threads=latency_threads, seconds=latency_seconds,
                                  torch_model=result.model)
+        clock.lap("latency")
         card = cost_card(result, latency)
         mlflow.log_metrics({k: float(v) for k, v in card.items()}
                            | {"onnx_max_abs_diff": exported.max_abs_diff})
@@ -341,10 +349,12 @@ def train_and_register(
         signature = infer_signature(example, result.model(batch[:1]).detach().numpy())
         model_info = mlflow.onnx.log_model(exported.model, name="model", signature=signature,
                                            input_example=example,
-                                           onnx_execution_providers=["CPUExecutionProvider"])
+                                           onnx_execution_providers=["CPUExecutionProvider"],
+                                           pip_requirements=_serving_requirements())
         mlflow.log_dict(latency.to_dict(), "latency.json")
         mlflow.log_text(latency_markdown(latency), "latency.md")
         _log_state_dict(result.model)
+        clock.lap("log")
         version = None
         if register:
             model_name = settings.model_name(config.dataset, config.arch)
@@ -357,6 +367,8 @@ def train_and_register(
             champion = _move_champion(mlflow_client, model_name, number, result.test_accuracy)
             version = RegisteredVersion(model_name, number, champion)
             mlflow.set_tag("mlscale.registered_model", version.model_uri)
+        clock.lap("register")
+        mlflow.log_metrics({f"seconds_{stage}": value for stage, value in clock.laps.items()})
         mlflow.end_run("FINISHED")
     except BaseException as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -364,7 +376,30 @@ def train_and_register(
             mlflow_client.set_tag(run_id, FAILURE_TAG, reason[:5000])
         mlflow.end_run("FAILED")
         raise
-    return TrainingOutcome(result, exported, latency, run_id, version)
+    return TrainingOutcome(result, exported, latency, run_id, version, clock.laps)
+
+
+class _StageClock:
+    """Wall seconds between successive laps, by stage name."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = now - self._last
+        self._last = now
+
+
+def _serving_requirements() -> list[str]:
+    """What serving the ONNX model needs, pinned to what exported and timed it.
+
+    Given explicitly: MLflow would otherwise infer them in a subprocess (about 1.2 s).
+    """
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("onnx", "onnxruntime", "numpy")]
 
 
 def _log_state_dict(model: nn.Module) -> None:

@@ -121,3 +121,64 @@ def test_an_unwritable_root_fails_in_a_real_process(tmp_path: Path) -> None:
     assert completed.returncode == 1
     assert completed.stderr.startswith("Error: cannot write to data root")
     assert completed.stderr.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def lenet_onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from mlscale.export import export_onnx
+    from mlscale.models import get_model
+
+    path = tmp_path_factory.mktemp("onnx") / "lenet5.onnx"
+    path.write_bytes(export_onnx(get_model("lenet5"), torch.randn(4, 1, 28, 28)).serialized())
+    return path
+
+
+def test_latency_of_an_onnx_file(lenet_onnx_file: Path) -> None:
+    result = CliRunner().invoke(cli, ["latency", str(lenet_onnx_file), "--batch-sizes", "1,4",
+                                      "--iterations", "20", "--threads", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert [s["batch_size"] for s in payload["onnx"]] == [1, 4]
+    assert payload["threads"] == 1 and payload["torch_batch1"] is None
+    for key in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "min_ms", "max_ms",
+                "throughput"):
+        assert payload["onnx"][0][key] > 0
+    table = CliRunner().invoke(cli, ["latency", str(lenet_onnx_file), "--seconds", "0.05"])
+    assert "| onnxruntime | 256 |" in table.output
+
+
+def test_latency_of_a_registered_model_includes_torch_eager(fresh_store: str) -> None:
+    trained = CliRunner().invoke(cli, ["train", "--arch", "lenet5", "--epochs", "1",
+                                       "--train-size", "300", "--latency-seconds", "0.02"])
+    assert trained.exit_code == 0, trained.output
+    assert "registered models:/mnist-lenet5/1 (champion)" in trained.output
+    result = CliRunner().invoke(cli, ["latency", "models:/mnist-lenet5@champion",
+                                      "--batch-sizes", "1", "--iterations", "10", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["torch_batch1"]["runs"] == 10
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["latency", "{onnx}", "--batch-sizes", "0"], "batch sizes must be positive"),
+        (["latency", "{onnx}", "--batch-sizes", "1,x"], "comma-separated integers"),
+        (["latency", "{corrupt}"], "ONNX Runtime cannot load the model"),
+        (["latency", "{missing}"], "cannot read ONNX file"),
+        (["latency", "models:/mnist-nothing/3"], "failed"),
+        (["models", "--tracking-uri", "nonsense"], "malformed tracking URI"),
+        (["models", "--json", "--csv"], "choose one of --json and --csv"),
+    ],
+)
+def test_bad_latency_and_registry_input(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                        lenet_onnx_file: Path, fresh_store: str,
+                                        args: list[str], message: str) -> None:
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(lenet_onnx_file.read_bytes()[:500])
+    paths = {"onnx": lenet_onnx_file, "corrupt": corrupt, "missing": tmp_path / "nope.onnx"}
+    code, _, err = _run_main(capsys, *(arg.format(**paths) for arg in args))
+    assert code != 0
+    assert err.count("\n") == 1 and err.startswith("Error: ")
+    assert message in err

@@ -1,0 +1,95 @@
+"""The MLflow UI, started by `mlscale ui`, shows the registry in a real headless Chromium.
+
+Set MLSCALE_SCREENSHOT_DIR to keep the screenshots (the README's come from here).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlscale.tracking import load_settings, train_and_register
+from mlscale.train import TrainConfig
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("CI"),
+    reason="needs Debian's chromium (make test installs it)",
+)
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                  "--window-size=1400,1000", "--virtual-time-budget=20000"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def ui_url(fresh_store: str, tmp_path: Path) -> Iterator[str]:
+    for seed, size in ((0, 400), (1, 1_500)):
+        train_and_register(TrainConfig(arch="lenet5", train_size=size, epochs=1, seed=seed,
+                                       val_size=500), load_settings(),
+                           latency_batch_sizes=(1, 32), latency_seconds=0.02)
+    port = _free_port()
+    log = (tmp_path / "ui.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "mlscale", "ui", "--port", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"mlscale ui did not come up: {(tmp_path / 'ui.log').read_text()}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def _chromium(url: str, user_dir: Path, *extra: str) -> str:
+    assert CHROMIUM is not None, "chromium is not installed: run `make setup`"
+    completed = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={user_dir}",
+                                *extra, url], capture_output=True, text=True, timeout=120)
+    return completed.stdout
+
+
+def _screenshot(url: str, user_dir: Path, path: Path) -> None:
+    _chromium(url, user_dir, f"--screenshot={path}")
+    assert path.stat().st_size > 10_000  # a rendered page, not a blank one
+
+
+def test_the_ui_shows_registered_models_and_their_cost_cards(ui_url: str,
+                                                              tmp_path: Path) -> None:
+    models_page = _chromium(f"{ui_url}/#/models", tmp_path / "chromium", "--dump-dom")
+    assert "mnist-lenet5" in models_page
+    version_page = _chromium(f"{ui_url}/#/models/mnist-lenet5/versions/2",
+                             tmp_path / "chromium", "--dump-dom")
+    for tag in ("params", "flops_per_sample", "train_flops", "test_accuracy", "test_loss",
+                "latency_p50_ms", "latency_p90_ms", "throughput", "61706"):
+        assert tag in version_page, tag
+    assert "champion" in version_page
+    shots = Path(os.environ.get("MLSCALE_SCREENSHOT_DIR", tmp_path))
+    _screenshot(f"{ui_url}/#/models/mnist-lenet5", tmp_path / "chromium",
+                shots / "ui-models.png")
+    _screenshot(f"{ui_url}/#/models/mnist-lenet5/versions/2", tmp_path / "chromium",
+                shots / "ui-model-version.png")
