@@ -220,6 +220,94 @@ def train_command(arch: str, width: float | None, depth: int | None, epochs: int
     )
 
 
+@cli.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option("--budget-flops", type=float, default=None,
+              help="Total training FLOPs (overrides the pipeline's budget_flops).")
+@click.option("--storage", default=None,
+              help="Optuna storage URL (default: sqlite:///registry/optuna.db).")
+@click.option("--study", "study_name", default=None, help="Study name (default: pipeline name).")
+@click.option("--heartbeat", type=click.IntRange(1, 3600), default=10, show_default=True,
+              help="Seconds between worker heartbeats; a trial silent for twice this is failed.")
+@tracking_option
+@json_option
+def search(pipeline: str, budget_flops: float | None, storage: str | None,
+           study_name: str | None, heartbeat: int, tracking_uri: str | None,
+           as_json: bool) -> None:
+    """Search the zoo under a FLOPs budget as PIPELINE (a pipelines/*.yaml file) defines.
+
+    Running the same command again resumes the study; start it N times (on N machines,
+    with a shared --storage) for N workers.
+    """
+    from mlscale.pipeline import load_pipeline
+    from mlscale.search import SearchProgress, run_search
+    from mlscale.tracking import load_settings
+    from mlscale.train import Progress
+
+    spec = load_pipeline(pipeline)
+    if budget_flops is not None:
+        spec = spec.with_budget(budget_flops)
+    settings = load_settings(tracking_uri)
+    status = _StatusLine()
+    ledger = {"line": f"budget {spec.budget_flops:.3g} FLOPs"}
+
+    def on_training(p: Progress) -> None:
+        status.show(f"{ledger['line']} | training: step {p.step}/{p.total_steps}, "
+                    f"loss {p.train_loss:.4f}")
+
+    def on_progress(p: SearchProgress) -> None:
+        done = sum(p.trials.values())
+        states = ", ".join(f"{n} {k.lower()}" for k, n in sorted(p.trials.items()))
+        best = f"{p.best_value:.4f}" if p.best_value is not None else "-"
+        ledger["line"] = (f"{done} trials ({states}) | FLOPs {p.flops_spent:.3g} / "
+                          f"{p.budget_flops:.3g} | best val loss {best}")
+        status.clear()
+        if not as_json:
+            click.echo(p.message)
+        status.show(ledger["line"])
+
+    summary = run_search(spec, settings, storage=storage, study_name=study_name,
+                         heartbeat_interval=heartbeat, on_progress=on_progress,
+                         on_training=on_training)
+    status.clear()
+    if as_json:
+        _print_json(summary.to_dict())
+        return
+    _print_search_summary(summary)
+
+
+def _print_search_summary(summary: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    states = ", ".join(f"{n} {k.lower()}" for k, n in sorted(summary.n_trials.items()))
+    console.print(f"study {summary.study}: {states}; spent {summary.flops_spent:.4g} of "
+                  f"{summary.budget_flops:.4g} training FLOPs (FLOPs = 2 x MACs)")
+    for title, rows in (("best per family", summary.best_per_family),
+                        ("Pareto front (val loss vs batch-1 p90 latency)", summary.pareto_front)):
+        if not rows:
+            continue
+        table = Table(title=title)
+        for column in ("trial", "model", "val loss", "test acc", "params", "train FLOPs",
+                       "p90 ms", "registered"):
+            table.add_column(column, justify="left" if column in ("model", "registered")
+                             else "right")
+        for row in rows:
+            m = row["metrics"]
+            table.add_row(str(row["trial"]), row["run_name"] or "", f"{m['val_loss']:.4f}",
+                          f"{m['test_accuracy']:.2%}", f"{m['params']:,}",
+                          f"{m['train_flops']:.3g}", f"{m['latency_p90_ms']:.3f}",
+                          row["model_uri"] or "")
+        console.print(table)
+    if summary.best:
+        console.print(f"best: {summary.best['run_name']} -> {summary.best['model_uri']}")
+    console.print(f"plots and summary logged to MLflow run {summary.parent_run_id}; "
+                  "browse with `mlscale ui`")
+
+
 def _parse_batch_sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(part) for part in text.split(","))

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from torch import nn
 
+    from mlscale.data import Splits
     from mlscale.export import ExportedModel
     from mlscale.latency import LatencyReport
     from mlscale.train import EpochMetrics, Progress, TrainConfig, TrainResult
@@ -300,11 +301,15 @@ def train_and_register(
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     run_tags: dict[str, str] | None = None,
     parent_run_id: str | None = None,
+    on_run_started: Callable[[str], None] | None = None,
+    data: Splits | None = None,
 ) -> TrainingOutcome:
     """Train, export to ONNX, benchmark latency, log one MLflow run and register it.
 
     Any failure marks the run FAILED with the reason in the ``mlscale.failure`` tag,
     and no version is registered unless every step before registration succeeded.
+    ``data`` skips loading the dataset (a search loads it once); ``on_run_started``
+    receives the run id as soon as the run exists.
     """
     import mlflow
     from mlflow.models import infer_signature
@@ -319,7 +324,7 @@ def train_and_register(
     spec = model_spec(config.arch)
     name = run_name(config.arch, config.width if config.width is not None else spec.default_width,
                     config.depth if config.depth is not None else spec.default_depth)
-    data = load(config.dataset, config.data_root)
+    data = data if data is not None else load(config.dataset, config.data_root)
     mlflow_client = client(settings)
     exp_id = experiment_id(settings, settings.experiment_name(config.dataset))
     with mlflow_errors(settings):
@@ -327,6 +332,8 @@ def train_and_register(
                                parent_run_id=parent_run_id, nested=parent_run_id is not None)
     run_id = run.info.run_id
     try:
+        if on_run_started is not None:
+            on_run_started(run_id)
         mlflow.log_params({k: str(v) for k, v in asdict(config).items()})
         mlflow.log_dict(asdict(config), "config.json")
         clock = _StageClock()

@@ -162,6 +162,19 @@ def _keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 1024 * 1024 * 1024)
 
 
+def _channels_last_is_safe(model: nn.Module) -> bool:
+    """Whether to train ``model`` in channels_last, oneDNN's fast layout on CPU.
+
+    Not for models with a strided 1x1 convolution (ResNet's downsample): in torch 2.14.1
+    its channels_last backward corrupts the heap for some shapes (9 channels, batch 33,
+    14x14 crashes the process), so those models train in NCHW.
+    """
+    from torch import nn
+
+    return not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+                   for m in model.modules())
+
+
 def _resolve_precision(name: str, device: torch.device) -> str:
     """``auto`` means bf16 autocast where the hardware runs it natively, else fp32."""
     import torch
@@ -315,7 +328,7 @@ def train(
     cost = measure_model(model, info.input_shape, info.num_classes)
     total_samples = _plan_samples(config, len(train_idx), cost)
 
-    channels_last = device.type == "cpu"  # oneDNN's fast path; cuDNN prefers NCHW here
+    channels_last = device.type == "cpu" and _channels_last_is_safe(model)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

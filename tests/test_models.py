@@ -137,6 +137,7 @@ def test_depth_outside_its_range_or_not_an_int_is_rejected(depth: object) -> Non
         ("resnet_mini", 2.0, 3, "resnet_mini-w2-d3"),
         ("lenet5", 0.5, 1, "lenet5-w0.5-d1"),
         ("efficientnet_mini", 0.25, 0, "efficientnet_mini-w0.25-d0"),
+        ("vgg_mini", 0.950874, 2, "vgg_mini-w0.951-d2"),
     ],
 )
 def test_run_name_formats_the_dials(name: str, width: float, depth: int, expected: str) -> None:

@@ -102,8 +102,8 @@ def get_model(
 
 
 def run_name(name: str, width: float, depth: int) -> str:
-    """Name a run after its dials, e.g. ``resnet_mini-w2-d3``."""
-    return f"{name}-w{width:g}-d{depth}"
+    """Name a run after its dials, e.g. ``resnet_mini-w2-d3`` (width to 3 digits)."""
+    return f"{name}-w{width:.3g}-d{depth}"
 
 
 def scale_channels(base: float, width: float) -> int:

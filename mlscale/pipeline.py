@@ -1,0 +1,267 @@
+"""Declarative search definitions: ``pipelines/*.yaml`` loaded into validated dataclasses.
+
+A pipeline names a dataset, the model families, a search space (one range or list of
+values per knob, with per-family overrides for ``width`` and ``depth``), a total budget
+in training FLOPs, a per-trial cap, the sampler, the pruner and the objectives. Unknown
+keys, wrong types and impossible ranges are one-line errors naming the key.
+
+>>> pipeline = load_pipeline("pipelines/quickstart.yaml")   # doctest: +SKIP
+>>> pipeline.budget_flops                                   # doctest: +SKIP
+4e+13
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from mlscale.errors import MlscaleError
+
+__all__ = ["KNOBS", "OBJECTIVES", "PRUNERS", "SAMPLERS", "Pipeline", "Range", "load_pipeline",
+           "parse_pipeline"]
+
+SAMPLERS = ("tpe", "random", "grid", "nsga2")
+PRUNERS = ("median", "hyperband", "none")
+OBJECTIVES = ("val_loss", "latency_p90_ms")
+# Each knob: (integer-valued, lowest allowed value).
+KNOBS: dict[str, tuple[bool, float]] = {
+    "width": (False, 0.0), "depth": (True, 0), "train_size": (True, 1), "epochs": (True, 1),
+    "train_flops": (False, 1.0), "lr": (False, 0.0), "batch_size": (True, 1),
+}
+FAMILY_KNOBS = ("width", "depth")
+
+
+@dataclass(frozen=True)
+class Range:
+    """One knob's search range: ``low``..``high`` (optionally log-scaled) or fixed ``values``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    values: tuple[float, ...] | None = None
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        if self.values is not None:
+            return min(self.values), max(self.values)
+        assert self.low is not None and self.high is not None
+        return self.low, self.high
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A validated search definition."""
+
+    name: str
+    dataset: str
+    families: tuple[str, ...]
+    space: Mapping[str, Range]  # knob -> range, shared by every family
+    family_space: Mapping[str, Mapping[str, Range]]  # family -> width/depth overrides
+    budget_flops: float
+    trial_flops_cap: float | None = None
+    sampler: str = "tpe"
+    pruner: str = "median"
+    objectives: tuple[str, ...] = ("val_loss",)
+    seed: int = 0
+    val_size: int = 5000
+    latency_seconds: float = 0.1
+    source: str = field(default="", compare=False)
+
+    def knob(self, family: str, name: str) -> Range | None:
+        """The range of ``name`` for ``family`` (its override, else the shared one)."""
+        return self.family_space.get(family, {}).get(name) or self.space.get(name)
+
+    def with_budget(self, budget_flops: float) -> Pipeline:
+        from dataclasses import replace
+
+        _check_positive("budget_flops", budget_flops)
+        return replace(self, budget_flops=budget_flops)
+
+
+def _number(key: str, value: Any) -> float:
+    """A finite number from YAML (which reads ``1e12`` without a dot as a string)."""
+    if isinstance(value, bool):
+        raise MlscaleError(f"{key}: expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise MlscaleError(f"{key}: expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise MlscaleError(f"{key}: expected a finite number, got {value!r}")
+    return number
+
+
+def _check_positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise MlscaleError(f"{key}: must be positive, got {value:g}")
+
+
+def _check_keys(key: str, given: Mapping[str, Any], allowed: set[str] | tuple[str, ...]) -> None:
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise MlscaleError(f"{key}: unknown key(s) {', '.join(unknown)}; "
+                           f"allowed: {', '.join(sorted(allowed))}")
+
+
+def _parse_range(key: str, knob: str, raw: Any) -> Range:
+    integer, lowest = KNOBS[knob]
+
+    def value(name: str, item: Any) -> float:
+        number = _number(name, item)
+        if integer and number != int(number):
+            raise MlscaleError(f"{name}: expected an integer, got {item!r}")
+        if number < lowest or (number == lowest == 0.0 and not integer):
+            raise MlscaleError(f"{name}: must be {'>=' if integer else '>'} {lowest:g}, "
+                               f"got {item!r}")
+        return int(number) if integer else number
+
+    if not isinstance(raw, Mapping):
+        if isinstance(raw, list):
+            raw = {"values": raw}
+        else:
+            return Range(values=(value(key, raw),))
+    _check_keys(key, raw, {"low", "high", "log", "values"})
+    if "values" in raw:
+        if set(raw) != {"values"}:
+            raise MlscaleError(f"{key}: give either values or low/high, not both")
+        if not isinstance(raw["values"], list) or not raw["values"]:
+            raise MlscaleError(f"{key}.values: expected a non-empty list")
+        values = tuple(value(f"{key}.values", item) for item in raw["values"])
+        if len(set(values)) != len(values):
+            raise MlscaleError(f"{key}.values: duplicates in {list(values)}")
+        return Range(values=values)
+    if "low" not in raw or "high" not in raw:
+        raise MlscaleError(f"{key}: needs low and high (or values)")
+    low, high = value(f"{key}.low", raw["low"]), value(f"{key}.high", raw["high"])
+    log = raw.get("log", False)
+    if not isinstance(log, bool):
+        raise MlscaleError(f"{key}.log: expected true or false, got {log!r}")
+    if low > high:
+        raise MlscaleError(f"{key}: low {low:g} is above high {high:g}")
+    return Range(low=low, high=high, log=log)
+
+
+def _parse_space(key: str, raw: Any, allowed: tuple[str, ...]) -> dict[str, Range]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise MlscaleError(f"{key}: expected a mapping of knob: range")
+    _check_keys(key, raw, allowed)
+    return {knob: _parse_range(f"{key}.{knob}", knob, spec) for knob, spec in raw.items()}
+
+
+def _check_family_ranges(family: str, key: str, space: Mapping[str, Range]) -> None:
+    from mlscale.models import model_spec
+
+    spec = model_spec(family)
+    for knob, allowed in (("width", spec.width_range), ("depth", spec.depth_range)):
+        if knob in space:
+            low, high = space[knob].bounds
+            if low < allowed[0] or high > allowed[1]:
+                raise MlscaleError(f"{key}.{knob}: [{low:g}, {high:g}] lies outside {family}'s "
+                                   f"range [{allowed[0]:g}, {allowed[1]:g}]")
+
+
+def parse_pipeline(raw: Any, source: str = "<pipeline>") -> Pipeline:
+    """Validate a pipeline read from YAML; every error names the offending key."""
+    from mlscale.data import DATASETS
+    from mlscale.models import list_models
+
+    if not isinstance(raw, Mapping):
+        raise MlscaleError(f"{source}: expected a mapping at the top level")
+    allowed = {f.name for f in fields(Pipeline)} - {"space", "family_space", "source"}
+    _check_keys(source, raw, allowed | {"search_space"})
+    for required in ("name", "dataset", "families", "search_space", "budget_flops"):
+        if required not in raw:
+            raise MlscaleError(f"{source}: missing key {required}")
+    if raw["dataset"] not in DATASETS:
+        raise MlscaleError(f"dataset: unknown dataset {raw['dataset']!r}; choose one of: "
+                           f"{', '.join(DATASETS)}")
+    families_raw = raw["families"]
+    if isinstance(families_raw, list):
+        families_raw = {name: None for name in families_raw}
+    if not isinstance(families_raw, Mapping) or not families_raw:
+        raise MlscaleError("families: expected a non-empty list or mapping of family names")
+    for family in families_raw:
+        if family not in list_models():
+            raise MlscaleError(f"families: unknown architecture {family!r}; choose from "
+                               f"{', '.join(list_models())}")
+    space = _parse_space("search_space", raw["search_space"], tuple(KNOBS))
+    family_space = {family: _parse_space(f"families.{family}", spec, FAMILY_KNOBS)
+                     for family, spec in families_raw.items()}
+    for knob in ("train_size", "lr"):
+        if knob not in space:
+            raise MlscaleError(f"search_space: missing {knob}")
+    if ("epochs" in space) == ("train_flops" in space):
+        raise MlscaleError("search_space: give exactly one of epochs and train_flops")
+    for family in families_raw:
+        for knob in FAMILY_KNOBS:
+            if knob not in space and knob not in family_space[family]:
+                raise MlscaleError(f"families.{family}: no {knob} range (set search_space."
+                                   f"{knob} or families.{family}.{knob})")
+        _check_family_ranges(family, "search_space", {
+            k: v for k, v in space.items() if k in FAMILY_KNOBS and k not in family_space[family]})
+        _check_family_ranges(family, f"families.{family}", family_space[family])
+
+    budget = _number("budget_flops", raw["budget_flops"])
+    _check_positive("budget_flops", budget)
+    cap = raw.get("trial_flops_cap")
+    cap = None if cap is None else _number("trial_flops_cap", cap)
+    if cap is not None:
+        _check_positive("trial_flops_cap", cap)
+    sampler, pruner = raw.get("sampler", "tpe"), raw.get("pruner", "median")
+    if sampler not in SAMPLERS:
+        raise MlscaleError(f"sampler: {sampler!r} is not one of {', '.join(SAMPLERS)}")
+    if pruner not in PRUNERS:
+        raise MlscaleError(f"pruner: {pruner!r} is not one of {', '.join(PRUNERS)}")
+    objectives = raw.get("objectives", ["val_loss"])
+    if isinstance(objectives, str):
+        objectives = [objectives]
+    if (not isinstance(objectives, list) or not objectives or objectives[0] != "val_loss"
+            or any(o not in OBJECTIVES for o in objectives) or len(set(objectives)) != len(
+                objectives)):
+        raise MlscaleError(f"objectives: expected [val_loss] or [val_loss, latency_p90_ms], "
+                           f"got {objectives!r}")
+    if sampler == "grid":
+        ranged = [k for k, r in [*space.items(), *((f"families.{f}.{k}", r) for f, s in
+                                                   family_space.items() for k, r in s.items())]
+                  if r.values is None]
+        if ranged:
+            raise MlscaleError(f"sampler grid: every knob needs a list of values; "
+                               f"{ranged[0]} has a range")
+        if any(family_space.values()):
+            raise MlscaleError("sampler grid: per-family ranges are not supported; put width "
+                               "and depth values in search_space")
+    name = raw["name"]
+    if not isinstance(name, str) or not name.strip():
+        raise MlscaleError(f"name: expected a non-empty string, got {name!r}")
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise MlscaleError(f"seed: expected an integer, got {seed!r}")
+    val_size = raw.get("val_size", 5000)
+    if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 1:
+        raise MlscaleError(f"val_size: expected a positive integer, got {val_size!r}")
+    latency_seconds = _number("latency_seconds", raw.get("latency_seconds", 0.1))
+    _check_positive("latency_seconds", latency_seconds)
+    return Pipeline(name=name, dataset=raw["dataset"], families=tuple(families_raw),
+                    space=space, family_space=family_space, budget_flops=budget,
+                    trial_flops_cap=cap, sampler=sampler, pruner=pruner,
+                    objectives=tuple(objectives), seed=seed, val_size=val_size,
+                    latency_seconds=latency_seconds, source=source)
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    """Read and validate a pipeline YAML file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise MlscaleError(f"cannot read pipeline {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise MlscaleError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+    return parse_pipeline(raw, str(path))

@@ -1,0 +1,218 @@
+"""The FLOPs-budgeted search on real training, a real Optuna storage and MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from click.testing import CliRunner
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from mlscale.cli import cli
+from mlscale.data import Splits
+from mlscale.pipeline import parse_pipeline
+from mlscale.search import PLANNED, PRUNE_REASON, RUN_ID, SPENT, run_search
+from mlscale.tracking import load_settings
+
+LENET_TRAIN_FLOPS = 2_263_920  # per sample, at width 1
+
+
+def _tiny(**overrides: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "name": "tiny", "dataset": "mnist", "families": ["lenet5"],
+        "search_space": {"width": {"low": 0.5, "high": 1.0}, "depth": 1,
+                         "train_size": {"low": 400, "high": 1500, "log": True},
+                         "epochs": {"low": 1, "high": 3},
+                         "lr": {"low": 2e-3, "high": 6e-3, "log": True}},
+        "budget_flops": 2.0e10, "trial_flops_cap": 8.0e9, "sampler": "random",
+        "pruner": "median", "seed": 0, "val_size": 500, "latency_seconds": 0.01,
+    }
+    raw.update(overrides)
+    return raw
+
+
+def _storage(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'optuna.db'}"
+
+
+def _trials(storage: str, study: str = "tiny") -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=storage).get_trials()
+
+
+def test_the_budget_is_never_exceeded_and_unaffordable_trials_never_train(
+    fresh_store: str, tmp_path: Path, mnist: Splits
+) -> None:
+    storage = _storage(tmp_path)
+    summary = run_search(parse_pipeline(_tiny()), load_settings(), storage=storage, data=mnist)
+    trials = _trials(storage)
+    assert summary.flops_spent <= summary.budget_flops
+    client = MlflowClient(fresh_store, fresh_store)
+    trained = [t for t in trials if RUN_ID in t.user_attrs]
+    assert sum(t.user_attrs[SPENT] for t in trials) == pytest.approx(summary.flops_spent)
+    runs_flops = sum(client.get_run(t.user_attrs[RUN_ID]).data.metrics.get("train_flops", 0)
+                     for t in trained)
+    assert runs_flops <= summary.budget_flops
+    cost_pruned = [t for t in trials if t.user_attrs.get(PRUNE_REASON, "").startswith("cost")]
+    assert cost_pruned, "the cap and the budget should have refused some proposals"
+    for trial in cost_pruned:
+        assert RUN_ID not in trial.user_attrs and trial.user_attrs[SPENT] == 0
+    # what is left cannot buy the cheapest trial, or the sampler kept proposing too much
+    assert summary.n_trials.get("COMPLETE", 0) >= 2
+    assert summary.best is not None and summary.best["model_uri"].startswith("models:/")
+
+
+def test_trials_and_runs_point_to_each_other_under_the_parent_run(
+    fresh_store: str, tmp_path: Path, mnist: Splits
+) -> None:
+    storage = _storage(tmp_path)
+    summary = run_search(parse_pipeline(_tiny(budget_flops=8e9)), load_settings(),
+                         storage=storage, data=mnist)
+    client = MlflowClient(fresh_store, fresh_store)
+    parent = client.get_run(summary.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(summary.parent_run_id, "plots")}
+    assert "plots/optimization_history.png" in artifacts
+    for trial in _trials(storage):
+        if RUN_ID not in trial.user_attrs:
+            continue
+        run = client.get_run(trial.user_attrs[RUN_ID])
+        assert run.data.tags["mlflow.parentRunId"] == summary.parent_run_id
+        assert run.data.tags["mlscale.study"] == "tiny"
+        assert run.data.tags["mlscale.trial"] == str(trial.number)
+        expected = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}[trial.state]
+        assert run.info.status == expected
+
+
+def test_a_grid_pipeline_visits_each_point_once(fresh_store: str, tmp_path: Path,
+                                                mnist: Splits) -> None:
+    grid = _tiny(sampler="grid", pruner="none", budget_flops=1e11, search_space={
+        "width": [0.5, 1.0], "depth": [1], "train_size": [300, 600], "epochs": [1],
+        "lr": [3e-3]})
+    storage = _storage(tmp_path)
+    summary = run_search(parse_pipeline(grid), load_settings(), storage=storage, data=mnist)
+    points = [(t.params["width"], t.params["train_size"]) for t in _trials(storage)]
+    assert sorted(points) == [(0.5, 300), (0.5, 600), (1.0, 300), (1.0, 600)]
+    assert summary.n_trials == {"COMPLETE": 4}
+
+
+def test_two_objectives_give_a_pareto_front(fresh_store: str, tmp_path: Path,
+                                            mnist: Splits) -> None:
+    pareto = _tiny(sampler="nsga2", pruner="none", objectives=["val_loss", "latency_p90_ms"],
+                   budget_flops=1.2e10)
+    summary = run_search(parse_pipeline(pareto), load_settings(), storage=_storage(tmp_path),
+                         data=mnist)
+    assert summary.pareto_front
+    for row in summary.pareto_front:
+        assert row["metrics"]["latency_p90_ms"] > 0
+
+
+def _write_pipeline(tmp_path: Path, **overrides: Any) -> Path:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(_tiny(**overrides)))
+    return path
+
+
+def _search_command(pipeline: Path, storage: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "mlscale", "search", str(pipeline), "--storage", storage,
+            "--heartbeat", "1", *extra]
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_with_every_finished_trial(fresh_store: str,
+                                                           tmp_path: Path) -> None:
+    pipeline = _write_pipeline(tmp_path, budget_flops=3.0e10)
+    storage = _storage(tmp_path)
+    worker = subprocess.Popen(_search_command(pipeline, storage), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    victim = None
+    while victim is None and time.monotonic() < deadline and worker.poll() is None:
+        time.sleep(0.05)
+        try:
+            trials = _trials(storage)
+        except (KeyError, optuna.exceptions.StorageInternalError):
+            continue
+        if any(t.state == TrialState.COMPLETE for t in trials):
+            victim = next((t for t in trials if t.state == TrialState.RUNNING
+                           and RUN_ID in t.user_attrs), None)
+    assert victim is not None, "no trial was caught mid-training"
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    before = {t.number: t for t in _trials(storage) if t.state == TrialState.COMPLETE}
+    time.sleep(2.5)  # past the grace period of a 1 s heartbeat
+
+    resumed = subprocess.run(_search_command(pipeline, storage, "--json"), capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    after = {t.number: t for t in _trials(storage)}
+    for number, trial in before.items():
+        assert after[number].state == TrialState.COMPLETE
+        assert after[number].values == trial.values
+    assert after[victim.number].state == TrialState.FAIL
+    client = MlflowClient(fresh_store, fresh_store)
+    killed_run = client.get_run(victim.user_attrs[RUN_ID])
+    assert killed_run.info.status == "FAILED"
+    assert "no heartbeat" in killed_run.data.tags["mlscale.failure"]
+    for trial in before.values():
+        assert client.get_run(trial.user_attrs[RUN_ID]).info.status == "FINISHED"
+    assert summary["flops_spent"] <= summary["budget_flops"]
+    assert len(after) > len(before) + 1, "the resumed study went on towards its budget"
+    # the killed trial's whole plan stays counted: the budget is a hard ceiling
+    spent = sum(t.user_attrs.get(SPENT, t.user_attrs.get(PLANNED, 0)) for t in after.values()
+                if t.state != TrialState.RUNNING)
+    assert spent <= summary["budget_flops"]
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_without_duplicates(fresh_store: str,
+                                                        tmp_path: Path) -> None:
+    pipeline = _write_pipeline(tmp_path, budget_flops=2.4e10)
+    storage = _storage(tmp_path)
+    run_search(parse_pipeline(_tiny(budget_flops=1.0)), load_settings(), storage=storage)
+    workers = [subprocess.Popen(_search_command(pipeline, storage, "--json"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    for worker, (_, err) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, err
+    trials = _trials(storage)
+    numbers = [t.number for t in trials]
+    assert numbers == list(range(len(trials)))
+    run_ids = [t.user_attrs[RUN_ID] for t in trials if RUN_ID in t.user_attrs]
+    assert len(run_ids) == len(set(run_ids))
+    client = MlflowClient(fresh_store, fresh_store)
+    for run_id in run_ids:
+        assert client.get_run(run_id).info.status in ("FINISHED", "KILLED")
+    assert sum(t.user_attrs.get(SPENT, 0) for t in trials) <= 2.4e10
+    assert all(t.state != TrialState.RUNNING for t in trials)
+
+
+def test_search_json_and_bad_input(fresh_store: str, tmp_path: Path) -> None:
+    pipeline = _write_pipeline(tmp_path, budget_flops=6e9)
+    result = CliRunner().invoke(cli, ["search", str(pipeline), "--storage",
+                                      _storage(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    for key in ("study", "budget_flops", "flops_spent", "n_trials", "best"):
+        assert key in payload
+    assert payload["flops_spent"] <= 6e9
+    assert {"config", "metrics", "model_uri"} <= payload["best"].keys()
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\n")
+    result = CliRunner().invoke(cli, ["search", str(bad)])
+    assert result.exit_code != 0
+    result = CliRunner().invoke(cli, ["search", str(pipeline), "--budget-flops", "-1"])
+    assert result.exit_code != 0 and "budget_flops: must be positive" in str(result.exception
+                                                                             or result.output)
