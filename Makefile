@@ -27,8 +27,9 @@ system-deps:
 
 demo: setup
 	$(BIN)/mlscale data prepare --dataset mnist
-	$(BIN)/mlscale zoo
-	$(BIN)/mlscale train --arch lenet5 --epochs 3
+	$(BIN)/mlscale search pipelines/quickstart.yaml
+	$(BIN)/mlscale models
+	@echo "Browse every run and registered model: $(BIN)/mlscale ui, then http://127.0.0.1:5000"
 
 lint: setup
 	$(BIN)/ruff check mlscale tests benchmarks

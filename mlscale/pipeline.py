@@ -67,6 +67,7 @@ class Pipeline:
     objectives: tuple[str, ...] = ("val_loss",)
     seed: int = 0
     val_size: int = 5000
+    evaluations: int | None = 4  # validations per trial, evenly spaced; None: every epoch
     latency_seconds: float = 0.1
     source: str = field(default="", compare=False)
 
@@ -244,13 +245,18 @@ def parse_pipeline(raw: Any, source: str = "<pipeline>") -> Pipeline:
     val_size = raw.get("val_size", 5000)
     if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 1:
         raise MlscaleError(f"val_size: expected a positive integer, got {val_size!r}")
+    evaluations = raw.get("evaluations", 4)
+    if evaluations is not None and (isinstance(evaluations, bool) or not isinstance(
+            evaluations, int) or evaluations < 1):
+        raise MlscaleError(f"evaluations: expected a positive integer or null, got "
+                           f"{evaluations!r}")
     latency_seconds = _number("latency_seconds", raw.get("latency_seconds", 0.1))
     _check_positive("latency_seconds", latency_seconds)
     return Pipeline(name=name, dataset=raw["dataset"], families=tuple(families_raw),
                     space=space, family_space=family_space, budget_flops=budget,
                     trial_flops_cap=cap, sampler=sampler, pruner=pruner,
                     objectives=tuple(objectives), seed=seed, val_size=val_size,
-                    latency_seconds=latency_seconds, source=source)
+                    evaluations=evaluations, latency_seconds=latency_seconds, source=source)
 
 
 def load_pipeline(path: str | Path) -> Pipeline:

@@ -2,8 +2,10 @@
 
 A trial's cost is known before it trains (measured training FLOPs per sample x samples),
 so a trial that would overrun the remaining budget, or the per-trial cap, is pruned
-without training. Validation loss after each epoch goes to the pruner; pruned trials
-still count what they spent. Every trial that trains is an MLflow run nested under the
+without training. Validation loss at evenly spaced points of each trial (quarters by
+default; every epoch with ``evaluations: null``) goes to the pruner, so trials of
+different lengths are compared at the same share of their schedule; pruned trials still
+count what they spent. Every trial that trains is an MLflow run nested under the
 study's parent run, and is registered. Running the same command again resumes: Optuna's
 heartbeat marks the trials of a killed worker FAIL (and mlscale their MLflow runs FAILED).
 
@@ -133,9 +135,11 @@ def _pruner(pipeline: Pipeline) -> Any:
     import optuna
 
     if pipeline.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3)
+        # Not before the second validation: the first comes right after the LR warm-up.
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
     if pipeline.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=pipeline.evaluations
+                                              or "auto", reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 
@@ -267,7 +271,7 @@ class _Objective:
             dataset=self.pipeline.dataset, train_size=params["train_size"],
             val_size=self.pipeline.val_size, epochs=params.get("epochs"),
             max_train_flops=params.get("train_flops"), batch_size=params.get("batch_size"),
-            lr=params["lr"], seed=self.pipeline.seed)
+            lr=params["lr"], seed=self.pipeline.seed, evaluations=self.pipeline.evaluations)
         single_objective = len(self.pipeline.objectives) == 1
         run_ids: list[str] = []
         epochs_done: list[EpochMetrics] = []
@@ -318,7 +322,7 @@ class _Objective:
             "samples_seen": result.samples_seen, "run_name": result.run_name,
             "latency_p90_ms": outcome.latency.at_batch(1).p90_ms,
             "model_uri": outcome.version.model_uri if outcome.version else None,
-            "train_seconds": result.train_time_s,
+            "train_seconds": result.train_time_s, "trainer_seconds": result.wall_time_s,
         }
         for key, value in figures.items():
             trial.set_user_attr(key, value)

@@ -49,6 +49,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     precision: str = "auto"  # fp32, bf16 (autocast; weights stay fp32) or auto: bf16 where native
+    evaluations: int | None = None  # validations spread evenly over the run; None: every pass
     data_root: str | None = None
 
     @classmethod
@@ -72,6 +73,8 @@ class TrainConfig:
             raise MlscaleError(
                 f"max_train_flops must be a positive number, got {self.max_train_flops}"
             )
+        if self.evaluations is not None and self.evaluations < 1:
+            raise MlscaleError(f"evaluations must be >= 1, got {self.evaluations}")
         if self.batch_size is not None and self.batch_size < 1:
             raise MlscaleError(f"batch size must be >= 1, got {self.batch_size}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -86,7 +89,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EpochMetrics:
-    """Validation metrics after one pass over the training subset (or at the budget's end)."""
+    """Validation metrics after a pass over the training subset (or at an evaluation point)."""
 
     epoch: float
     samples_seen: int
@@ -256,6 +259,16 @@ def auto_batch_size(train_size: int) -> int:
     return min(256, max(16, train_size // 32))
 
 
+def _evaluation_points(total_samples: int, train_size: int, evaluations: int | None
+                       ) -> list[int]:
+    """Sample counts after which to validate: each pass's end, or ``evaluations`` even steps."""
+    if evaluations is None:
+        points = list(range(train_size, total_samples, train_size))
+    else:
+        points = [total_samples * i // evaluations for i in range(1, evaluations)]
+    return sorted({p for p in points if p > 0} | {total_samples})
+
+
 def _one_cycle(total_steps: int, warmup_share: float = 0.25) -> Callable[[int], float]:
     """LR factor per step: linear warm-up, then cosine decay to zero (one-cycle shape).
 
@@ -352,12 +365,13 @@ def train(
     history: list[EpochMetrics] = []
     seen, step, train_time = 0, 0, 0.0
     model.train()
+    checkpoints = _evaluation_points(total_samples, len(train_set), config.evaluations)
     while seen < total_samples:
-        epoch_started = time.perf_counter()
+        pass_started = time.perf_counter()
         order = torch.randperm(len(train_set), generator=generator).to(device)
-        epoch_end = min(total_samples, seen + len(train_set))
-        for start in range(0, epoch_end - seen, batch_size):
-            count = min(batch_size, epoch_end - seen)
+        pass_end = min(total_samples, seen + len(train_set))
+        for start in range(0, pass_end - seen, batch_size):
+            count = min(batch_size, pass_end - seen)
             x, y = train_set.get(order[start:start + count])
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 loss = F.cross_entropy(model(x), y)
@@ -367,17 +381,23 @@ def train(
             schedule.step()
             seen += count
             step += 1
-            if on_progress is not None and (step % 20 == 0 or seen == epoch_end):
+            if on_progress is not None and (step % 20 == 0 or seen == pass_end):
                 on_progress(Progress(step, total_steps, seen / len(train_set), loss.item(),
                                      history[-1] if history else None))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_time += time.perf_counter() - epoch_started
-        val_loss, val_accuracy = evaluate(model, val_set)
-        metrics = EpochMetrics(round(seen / len(train_set), 6), seen, val_loss, val_accuracy)
-        history.append(metrics)
-        if on_epoch is not None:
-            on_epoch(metrics)
+            if seen >= checkpoints[0]:  # validate at the first batch end past the point
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                train_time += time.perf_counter() - pass_started
+                while checkpoints and checkpoints[0] <= seen:
+                    checkpoints.pop(0)
+                val_loss, val_accuracy = evaluate(model, val_set)
+                metrics = EpochMetrics(round(seen / len(train_set), 6), seen, val_loss,
+                                       val_accuracy)
+                history.append(metrics)
+                if on_epoch is not None:
+                    on_epoch(metrics)
+                pass_started = time.perf_counter()
+        train_time += time.perf_counter() - pass_started
 
     test_loss, test_accuracy = evaluate(model, test_set)
     return TrainResult(

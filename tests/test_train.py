@@ -99,3 +99,11 @@ def test_unknown_config_keys_are_rejected() -> None:
 def test_training_runs_on_cuda(mnist: Splits) -> None:
     result = train(_config(device="cuda"), data=mnist)
     assert result.test_accuracy > 0.5
+
+
+def test_evaluations_are_spread_evenly_over_the_run(mnist: Splits) -> None:
+    result = train(_config(train_size=1_000, epochs=None, max_train_flops=2_600 * 2_263_920,
+                           batch_size=100, evaluations=4), data=mnist)
+    # quarters of 2,600 samples, each at the first batch end past the point
+    assert [h.samples_seen for h in result.history] == [700, 1_300, 2_000, 2_600]
+    assert result.samples_seen == 2_600

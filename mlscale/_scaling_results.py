@@ -1,0 +1,170 @@
+"""ScalingFit: a fitted law with statsmodels-style params, bse, conf_int, predict, summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+from scipy.stats import norm
+
+from mlscale._scaling_laws import Law, effective_data
+from mlscale.errors import MlscaleError
+
+__all__ = ["ScalingFit"]
+
+
+@dataclass(frozen=True, eq=False)
+class ScalingFit:
+    """A law fitted by Huber loss on log loss; build it with ``mlscale.scaling.fit_law``.
+
+    Internally the fit lives in ``theta`` = (log constant, log amplitudes, exponents[,
+    log R*]); ``params``, ``bse`` and ``cov_params()`` are in the public form
+    (``E, A, B, alpha, beta``), by the delta method, and ``conf_int`` maps theta's
+    intervals through exp, so intervals for E, A, B (and R*) stay positive.
+    """
+
+    law: Law
+    theta: NDArray[np.float64]
+    cov_theta: NDArray[np.float64]
+    log_loss: pd.Series
+    log_fitted: pd.Series
+    huber_loss: float
+    delta: float
+    r_star: float
+    r_star_fitted: bool
+    n_dropped: int
+    data_constrained: bool = False
+    bootstrap_theta: NDArray[np.float64] | None = None
+
+    @property
+    def param_names(self) -> list[str]:
+        return self.law.param_names + (["R_star"] if self.r_star_fitted else [])
+
+    def _logged(self) -> NDArray[np.bool_]:
+        """Which theta entries are logs of the public parameter (constant, amplitudes, R*)."""
+        n_terms = len(self.law.terms)
+        return np.array([i <= n_terms or i == 1 + 2 * n_terms for i in range(self.theta.size)])
+
+    def _public(self, theta: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.where(self._logged(), np.exp(theta), theta)
+
+    @property
+    def params(self) -> pd.Series:
+        return pd.Series(self._public(self.theta), index=self.param_names, name="params")
+
+    def cov_params(self) -> pd.DataFrame:
+        """Covariance of ``params`` (delta method from theta's linearised LAD covariance)."""
+        scale = np.where(self._logged(), np.exp(self.theta), 1.0)
+        cov = self.cov_theta * np.outer(scale, scale)
+        return pd.DataFrame(cov, index=self.param_names, columns=self.param_names)
+
+    @property
+    def bse(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.diag(self.cov_params())), index=self.param_names, name="bse")
+
+    def conf_int(self, alpha: float = 0.05, method: Literal["wald", "bootstrap"] = "wald"
+                 ) -> pd.DataFrame:
+        """(1 - alpha) intervals: Wald on theta mapped to params, or bootstrap percentiles."""
+        if not 0 < alpha < 1:
+            raise MlscaleError(f"alpha must be in (0, 1), got {alpha}")
+        if method == "wald":
+            half = norm.ppf(1 - alpha / 2) * np.sqrt(np.diag(self.cov_theta))
+            lower, upper = self._public(self.theta - half), self._public(self.theta + half)
+        elif method == "bootstrap":
+            if self.bootstrap_theta is None:
+                raise MlscaleError("no bootstrap draws: fit with fit_law(..., bootstrap=B)")
+            draws = self._public(self.bootstrap_theta)
+            lower, upper = np.quantile(draws, [alpha / 2, 1 - alpha / 2], axis=0)
+        else:
+            raise MlscaleError(f"unknown interval method {method!r}; use 'wald' or 'bootstrap'")
+        return pd.DataFrame({"lower": lower, "upper": upper}, index=self.param_names)
+
+    @property
+    def bootstrap_params(self) -> pd.DataFrame | None:
+        """One row of params per bootstrap resample (None without ``bootstrap=``)."""
+        if self.bootstrap_theta is None:
+            return None
+        return pd.DataFrame(self._public(self.bootstrap_theta), columns=self.param_names)
+
+    def predict(self, N: ArrayLike | None = None, D: ArrayLike | None = None,
+                C: ArrayLike | None = None, *, unique: ArrayLike | None = None
+                ) -> NDArray[np.float64]:
+        """Predicted loss at N, D or C (whichever the law uses).
+
+        ``unique`` (unique samples available) replaces D by the effective data D', so a
+        prediction never credits repeated data as new.
+        """
+        given = {"N": N, "D": D, "C": C}
+        params = self.params
+        loss: NDArray[np.float64] = np.asarray(params[self.law.const], dtype=float)
+        for amp, exp, var in self.law.terms:
+            value = given[var]
+            if value is None:
+                raise MlscaleError(f"law {self.law.name!r} needs {var}= to predict")
+            x = np.asarray(value, dtype=float)
+            if np.any(~(x > 0)):
+                raise MlscaleError(f"{var} must be positive and not NaN to predict")
+            if var == "D" and unique is not None:
+                x = effective_data(x, unique, self.r_star)
+            loss = loss + params[amp] * x ** -params[exp]
+        return loss
+
+    @property
+    def nobs(self) -> int:
+        return int(self.log_loss.size)
+
+    @property
+    def resid(self) -> pd.Series:
+        """log loss - log fitted loss, per point used (the fit's residual scale)."""
+        return (self.log_loss - self.log_fitted).rename("resid")
+
+    @property
+    def fittedvalues(self) -> pd.Series:
+        return np.exp(self.log_fitted).rename("fitted")
+
+    @property
+    def rsquared(self) -> float:
+        """R^2 of log loss."""
+        centred = self.log_loss - self.log_loss.mean()
+        return float(1 - (self.resid**2).sum() / (centred**2).sum())
+
+    @property
+    def rmse(self) -> float:
+        """Root mean squared error of log loss."""
+        return float(np.sqrt((self.resid**2).mean()))
+
+    def summary(self, alpha: float = 0.05) -> str:
+        """A text table: the law, the data, goodness of fit, and params with intervals."""
+        method: Literal["wald", "bootstrap"] = (
+            "wald" if self.bootstrap_theta is None else "bootstrap")
+        ci = self.conf_int(alpha, method)
+        level = f"{100 * (1 - alpha):g}%"
+        lines = [
+            f"Scaling law fit: {self.law.formula}",
+            f"Loss: Huber(delta={self.delta:g}) on log loss, L-BFGS-B from a grid of starts",
+            *([f"D is effective data D' (Muennighoff et al. 2023, R* = {self.r_star:.4g}"
+               f"{', fitted' if self.r_star_fitted else ''})"] if self.data_constrained else []),
+            f"Points: {self.nobs} (left out: {self.n_dropped} highest-loss)",
+            f"Huber objective (sum): {self.huber_loss:.6g}   R^2 (log loss): "
+            f"{self.rsquared:.4f}   RMSE (log loss): {self.rmse:.4g}",
+            "",
+            f"{'param':>8} {'value':>12} {'std err':>12} {level + ' lower':>12} "
+            f"{level + ' upper':>12}",
+        ]
+        for name in self.param_names:
+            lines.append(f"{name:>8} {self.params[name]:12.5g} {self.bse[name]:12.4g} "
+                         f"{ci.loc[name, 'lower']:12.5g} {ci.loc[name, 'upper']:12.5g}")
+        lines.append("")
+        lines.append(
+            f"Intervals: {method}"
+            + (f" ({len(self.bootstrap_theta)} resamples, percentile)"
+               if self.bootstrap_theta is not None else
+               " (on the log of the constant and amplitudes; linearised LAD, iid residuals)"))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{k}={v:.4g}" for k, v in self.params.items())
+        return f"ScalingFit(law={self.law.name!r}, nobs={self.nobs}, {values})"
