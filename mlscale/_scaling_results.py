@@ -82,6 +82,16 @@ class ScalingFit:
             raise MlscaleError(f"unknown interval method {method!r}; use 'wald' or 'bootstrap'")
         return pd.DataFrame({"lower": lower, "upper": upper}, index=self.param_names)
 
+    def param_draws(self, size: int = 300, seed: int = 0) -> pd.DataFrame:
+        """Parameter draws for bands: the bootstrap's, else theta ~ N(theta_hat, cov_theta)
+        mapped to params (so amplitudes stay positive, as the fit assumes)."""
+        if self.bootstrap_theta is not None:
+            theta = self.bootstrap_theta
+        else:
+            rng = np.random.default_rng(seed)
+            theta = rng.multivariate_normal(self.theta, self.cov_theta, size=size)
+        return pd.DataFrame(self._public(theta), columns=self.param_names)
+
     @property
     def bootstrap_params(self) -> pd.DataFrame | None:
         """One row of params per bootstrap resample (None without ``bootstrap=``)."""

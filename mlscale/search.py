@@ -283,6 +283,7 @@ class _Objective:
         def on_epoch(metrics: EpochMetrics) -> None:
             epochs_done.append(metrics)
             trial.set_user_attr(SPENT, float(metrics.samples_seen * per_sample))
+            trial.set_user_attr("train_seconds", metrics.train_seconds)
             if single_objective:
                 trial.report(metrics.val_loss, len(epochs_done))
                 # A trial whose training is done is kept: pruning it saves nothing.

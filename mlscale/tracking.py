@@ -507,10 +507,10 @@ def models_frame(settings: MlflowSettings, *, dataset: str | None = None,
     rows = []
     with mlflow_errors(settings):
         aliases: dict[tuple[str, str], list[str]] = {}
-        for model in _all_registered_models(mlflow_client):
+        for model in _all_pages(mlflow_client.search_registered_models, 1000):
             for alias, version in (model.aliases or {}).items():
                 aliases.setdefault((model.name, str(version)), []).append(alias)
-        for version in _all_versions(mlflow_client):
+        for version in _all_pages(mlflow_client.search_model_versions, 10_000):
             tags = dict(version.tags)
             row: dict[str, Any] = {"name": version.name, "version": int(version.version),
                                    "model_uri": f"models:/{version.name}/{version.version}",
@@ -535,20 +535,11 @@ def models_frame(settings: MlflowSettings, *, dataset: str | None = None,
                              ascending=[False, True, True]).reset_index(drop=True)
 
 
-def _all_registered_models(mlflow_client: MlflowClient) -> list[Any]:
+def _all_pages(search: Callable[..., Any], max_results: int) -> list[Any]:
+    """Every item of a paged MLflow search."""
     found, token = [], None
     while True:
-        page = mlflow_client.search_registered_models(max_results=1000, page_token=token)
-        found += list(page)
-        token = page.token
-        if not token:
-            return found
-
-
-def _all_versions(mlflow_client: MlflowClient) -> list[Any]:
-    found, token = [], None
-    while True:
-        page = mlflow_client.search_model_versions(max_results=10_000, page_token=token)
+        page = search(max_results=max_results, page_token=token)
         found += list(page)
         token = page.token
         if not token:

@@ -95,6 +95,7 @@ class EpochMetrics:
     samples_seen: int
     val_loss: float
     val_accuracy: float
+    train_seconds: float  # time in training steps so far (no evaluation, no set-up)
 
 
 @dataclass(frozen=True)
@@ -392,7 +393,7 @@ def train(
                     checkpoints.pop(0)
                 val_loss, val_accuracy = evaluate(model, val_set)
                 metrics = EpochMetrics(round(seen / len(train_set), 6), seen, val_loss,
-                                       val_accuracy)
+                                       val_accuracy, train_time)
                 history.append(metrics)
                 if on_epoch is not None:
                     on_epoch(metrics)

@@ -1,0 +1,316 @@
+"""Scaling fits of real runs: points from the MLflow store or a CSV, the fit, an
+extrapolation check, plots, and (for the store) an MLflow run that records it all.
+
+>>> points = points_from_csv("runs.csv", n_col="N", loss_col="loss")  # doctest: +SKIP
+>>> fit_points(points, "n").params["alpha"]["value"]                  # doctest: +SKIP
+0.31
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlscale.errors import MlscaleError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlscale.scaling import ScalingFit
+    from mlscale.tracking import MlflowSettings
+
+__all__ = ["FitReport", "fit_points", "log_fit", "points_from_csv", "points_from_experiment"]
+
+TARGETS = ("test_loss", "error_rate")
+HOLDOUT_SHARE = 0.2  # the extrapolation check holds out the top 20% of compute
+
+
+@dataclass
+class FitReport:
+    """A fit as numbers: parameters with intervals, goodness, extrapolation, allocation."""
+
+    law: str
+    target: str
+    nobs: int
+    params: dict[str, dict[str, float]]
+    goodness: dict[str, float]
+    extrapolation: dict[str, Any] | None
+    compute_optimal: dict[str, Any] | None
+    summary: str
+    plots: list[str] = field(default_factory=list)
+    mlflow_run_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload |= self.params  # each parameter also by its own name, as the CLI promises
+        return payload
+
+
+def points_from_csv(path: str | Path, *, n_col: str | None = None, d_col: str | None = None,
+                    c_col: str | None = None, loss_col: str = "loss", k: float | None = None
+                    ) -> pd.DataFrame:
+    """Read a CSV into the N / D / C / loss columns the fits use.
+
+    Without a D column but with N and C, D = C / (k N) (k defaults to 6, Chinchilla's).
+    """
+    import pandas as pd
+
+    try:
+        raw = pd.read_csv(path)
+    except (OSError, ValueError) as error:
+        raise MlscaleError(f"cannot read CSV {path}: {str(error).splitlines()[0]}") from None
+    wanted = {"N": n_col, "D": d_col, "C": c_col, "loss": loss_col}
+    missing = [column for column in wanted.values() if column and column not in raw.columns]
+    if missing:
+        raise MlscaleError(f"{path}: no column(s) {missing}; it has {list(raw.columns)}")
+    points = pd.DataFrame({role: raw[column] for role, column in wanted.items() if column})
+    if "D" not in points and {"N", "C"} <= set(points.columns):
+        points["D"] = points["C"] / ((k or 6.0) * points["N"])
+    return points
+
+
+def points_from_experiment(settings: MlflowSettings, experiment: str, *,
+                           target: str = "test_loss", arch: str | None = None
+                           ) -> pd.DataFrame:
+    """One point per finished training run of ``experiment``: N = params, D = samples seen,
+    C = training FLOPs, ``unique`` = train size, ``k`` = training FLOPs per param per sample.
+    """
+    import pandas as pd
+
+    from mlscale.tracking import client, mlflow_errors
+
+    if target not in TARGETS:
+        raise MlscaleError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    mlflow_client = client(settings)
+    with mlflow_errors(settings):
+        found = mlflow_client.get_experiment_by_name(experiment)
+        if found is None:
+            raise MlscaleError(f"no MLflow experiment named {experiment!r} in "
+                               f"{settings.tracking_uri}")
+        runs = mlflow_client.search_runs([found.experiment_id],
+                                         filter_string="attributes.status = 'FINISHED'",
+                                         max_results=50_000)
+    rows = []
+    for run in runs:
+        metrics, params = run.data.metrics, run.data.params
+        if target not in metrics or "samples_seen" not in metrics:
+            continue  # a search's parent run, a fit, ...
+        if arch is not None and params.get("arch") != arch:
+            continue
+        rows.append({"N": metrics["params"], "D": metrics["samples_seen"],
+                     "C": metrics["train_flops"], "loss": metrics[target],
+                     "unique": float(params.get("resolved_train_size", "nan")),
+                     "k": metrics["train_flops"] / (metrics["params"] * metrics["samples_seen"]),
+                     "arch": params.get("arch"), "run_id": run.info.run_id})
+    if not rows:
+        which = f" for {arch}" if arch else ""
+        raise MlscaleError(f"experiment {experiment!r} has no finished training runs{which}")
+    return pd.DataFrame(rows)
+
+
+def _slice_for_law(points: pd.DataFrame, law: str) -> pd.DataFrame:
+    """The n-law wants runs at one data size, the d-law at one model size, the c-law the
+    compute frontier; pick the slice with the most distinct values of the free variable."""
+    from mlscale.scaling import pareto_front
+
+    if law == "c":
+        return pareto_front(points, "C", "loss")
+    if law not in ("n", "d") or not {"N", "D"} <= set(points.columns):
+        return points
+    fixed, free = ("D", "N") if law == "n" else ("N", "D")
+    groups = points.groupby(fixed)[free].nunique()
+    best = groups[groups == groups.max()].index.max()
+    return points[points[fixed] == best]
+
+
+def _params_table(fit: ScalingFit, alpha: float) -> dict[str, dict[str, float]]:
+    intervals = fit.conf_int(alpha, method="bootstrap" if fit.bootstrap_params is not None
+                             else "wald")
+    return {name: {"value": float(fit.params[name]), "bse": float(fit.bse[name]),
+                   "lower": float(intervals.loc[name, "lower"]),
+                   "upper": float(intervals.loc[name, "upper"])}
+            for name in fit.param_names}
+
+
+def _predict(fit: ScalingFit, points: pd.DataFrame) -> np.ndarray:
+    return fit.predict(**{var: points[var].to_numpy() for var in fit.law.variables})
+
+
+def extrapolation_check(points: pd.DataFrame, law: str, *, drop_top: int = 0
+                        ) -> dict[str, Any] | None:
+    """Fit on the lower 80% of compute, report the error on the top 20%."""
+    from mlscale.scaling import LAWS, fit_law
+
+    axis = "C" if "C" in points.columns else LAWS[law].variables[0]
+    order = points.sort_values(axis)
+    held = max(1, round(len(order) * HOLDOUT_SHARE))
+    train, test = order.iloc[:-held], order.iloc[-held:]
+    if len(train) < len(LAWS[law].param_names) + 2:
+        return None
+    needed = [*LAWS[law].variables, "loss"]
+    try:
+        fit = fit_law(train[needed], law, drop_top=drop_top)
+    except MlscaleError:
+        return None
+    errors = np.abs(_predict(fit, test) / test["loss"].to_numpy() - 1)
+    return {"fit_points": len(train), "held_out_points": len(test), "axis": axis,
+            "held_out_from": float(test[axis].min()),
+            "mean_abs_pct_error": float(100 * errors.mean()),
+            "max_abs_pct_error": float(100 * errors.max())}
+
+
+def fit_points(points: pd.DataFrame, law: str, *, target: str = "test_loss", drop_top: int = 0,
+               bootstrap: int = 0, seed: int = 0, k: float | None = None,
+               alpha: float = 0.05, plot_dir: str | Path | None = None) -> FitReport:
+    """Fit ``law`` to ``points`` and describe the result; plots go to ``plot_dir``."""
+    from mlscale.scaling import LAWS, compute_optimal, fit_law
+
+    if law not in LAWS:
+        raise MlscaleError(f"law must be one of {', '.join(LAWS)}, got {law!r}")
+    needed = [*LAWS[law].variables, "loss"]
+    missing = [column for column in needed if column not in points.columns]
+    if missing:
+        raise MlscaleError(f"the {law}-law needs column(s) {missing}")
+    chosen = _slice_for_law(points, law)
+    fit = fit_law(chosen[needed], law, bootstrap=bootstrap, seed=seed, drop_top=drop_top)
+    optimal = None
+    if law == "nd":
+        k_used = k if k is not None else _k_from(points)
+        allocation = compute_optimal(fit, k_used)
+        intervals = allocation.conf_int(alpha)
+        optimal = {"k": k_used, "a": allocation.a, "b": allocation.b,
+                   "a_interval": [float(v) for v in intervals.loc["a"]],
+                   "b_interval": [float(v) for v in intervals.loc["b"]]}
+    report = FitReport(
+        law=law, target=target, nobs=fit.nobs, params=_params_table(fit, alpha),
+        goodness={"r2_log": float(fit.rsquared), "rmse_log": float(fit.rmse),
+                  "huber_loss": float(fit.huber_loss)},
+        extrapolation=extrapolation_check(chosen, law, drop_top=drop_top),
+        compute_optimal=optimal, summary=fit.summary(alpha))
+    if plot_dir is not None:
+        report.plots = plot_fit(fit, chosen, law, Path(plot_dir), optimal)
+    return report
+
+
+def _k_from(points: pd.DataFrame) -> float:
+    """Training FLOPs per parameter per sample: measured when the points carry it, else 6."""
+    if "k" in points.columns:
+        return float(points["k"].median())
+    if {"N", "D", "C"} <= set(points.columns):
+        return float((points["C"] / (points["N"] * points["D"])).median())
+    return 6.0
+
+
+def _band(fit: ScalingFit, grid: dict[str, np.ndarray], alpha: float = 0.05
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """A pointwise band of predictions from the parameters' uncertainty."""
+    samples = fit.param_draws().to_numpy()
+    names = fit.param_names
+    curves = []
+    for row in samples:
+        theta = dict(zip(names, row, strict=True))
+        loss = np.full_like(next(iter(grid.values())), theta[fit.law.const], dtype=float)
+        for amp, exp, var in fit.law.terms:
+            loss = loss + theta[amp] * grid[var] ** -theta[exp]
+        curves.append(loss)
+    lower, upper = np.nanquantile(np.array(curves), [alpha / 2, 1 - alpha / 2], axis=0)
+    return lower, upper
+
+
+def plot_fit(fit: ScalingFit, points: pd.DataFrame, law: str, out_dir: Path,
+             optimal: dict[str, Any] | None) -> list[str]:
+    """Log-log data with the fit and its 95% band; isoFLOP curves for the joint law."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MlscaleError(f"cannot write plots to {out_dir}: {error.strerror}") from None
+    paths = []
+    variables = fit.law.variables
+    for var in variables:
+        figure, axes = plt.subplots(figsize=(6, 4.2))
+        others = [v for v in variables if v != var]
+        x = np.logspace(np.log10(points[var].min()), np.log10(points[var].max() * 10), 120)
+        if others:  # one curve per value of the other variable (its largest and smallest)
+            for value in sorted({points[others[0]].min(), points[others[0]].max()}):
+                grid = {var: x, others[0]: np.full_like(x, value)}
+                lower, upper = _band(fit, grid)
+                line = axes.plot(x, fit.predict(**grid), label=f"fit, {others[0]}={value:.3g}")
+                axes.fill_between(x, lower, upper, alpha=0.2, color=line[0].get_color())
+        else:
+            lower, upper = _band(fit, {var: x})
+            axes.plot(x, fit.predict(**{var: x}), label="fit")
+            axes.fill_between(x, lower, upper, alpha=0.2, label="95% band")
+        axes.scatter(points[var], points["loss"], s=14, color="black", label="runs", zorder=3)
+        axes.set(xscale="log", yscale="log", xlabel=var, ylabel="loss",
+                 title=f"{fit.law.formula} (fit to {fit.nobs} runs)")
+        axes.legend(fontsize=7)
+        path = out_dir / f"fit_{law}_{var}.png"
+        figure.tight_layout()
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        paths.append(str(path))
+    if law == "nd" and optimal is not None:
+        paths.append(str(_plot_isoflops(fit, points, optimal["k"], out_dir)))
+    return paths
+
+
+def _plot_isoflops(fit: ScalingFit, points: pd.DataFrame, k: float, out_dir: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from mlscale.scaling import compute_optimal
+
+    allocation = compute_optimal(fit, k)
+    c_values = np.logspace(np.log10(points["C"].min()), np.log10(points["C"].max() * 10), 5)
+    figure, axes = plt.subplots(figsize=(6, 4.2))
+    for c in c_values:
+        n_opt = float(allocation.N_opt(c))
+        n = np.logspace(np.log10(n_opt) - 1.5, np.log10(n_opt) + 1.5, 100)
+        axes.plot(n, fit.predict(N=n, D=c / (k * n)), label=f"C = {c:.2g}")
+        axes.scatter([n_opt], fit.predict(N=n_opt, D=c / (k * n_opt)), color="black", s=12)
+    axes.set(xscale="log", yscale="log", xlabel="N (parameters)", ylabel="predicted loss",
+             title=f"isoFLOP curves, C = {k:.3g} N D; dots: N_opt ~ C^{allocation.a:.3f}")
+    axes.legend(fontsize=7)
+    path = out_dir / "isoflops.png"
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def log_fit(report: FitReport, settings: MlflowSettings, experiment: str,
+            options: dict[str, Any]) -> str:
+    """Record a registry fit as an MLflow run in ``experiment``: params, metrics, plots."""
+    import mlflow
+
+    from mlscale.tracking import client, experiment_id, mlflow_errors
+
+    client(settings)
+    with mlflow_errors(settings), mlflow.start_run(
+            experiment_id=experiment_id(settings, experiment),
+            run_name=f"fit-{report.law}-{report.target}",
+            tags={"mlscale.kind": "scaling-fit"}) as run:
+        mlflow.log_params({"law": report.law, "target": report.target, "nobs": report.nobs,
+                           **options})
+        metrics = {f"{name}_{part}": values[part] for name, values in report.params.items()
+                   for part in ("value", "lower", "upper")}
+        metrics |= report.goodness
+        if report.extrapolation:
+            metrics |= {f"extrapolation_{k}": v for k, v in report.extrapolation.items()
+                        if isinstance(v, float)}
+        if report.compute_optimal:
+            metrics |= {"compute_optimal_a": report.compute_optimal["a"],
+                        "compute_optimal_b": report.compute_optimal["b"]}
+        mlflow.log_metrics(metrics)
+        mlflow.log_text(report.summary, "fit_summary.txt")
+        mlflow.log_dict(report.to_dict(), "fit.json")
+        for path in report.plots:
+            mlflow.log_artifact(path, "plots")
+        return str(run.info.run_id)

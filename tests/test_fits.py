@@ -1,0 +1,99 @@
+"""`mlscale fit` on the Chinchilla reference data and on real registered MNIST runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from mlscale.cli import cli
+from mlscale.data import Splits
+from mlscale.errors import MlscaleError
+from mlscale.fits import fit_points, points_from_csv
+from mlscale.pipeline import parse_pipeline
+from mlscale.search import run_search
+from mlscale.tracking import load_settings
+
+CHINCHILLA = Path(__file__).resolve().parents[2] / "shared" / "data" / \
+    "chinchilla_hoffmann2022_fig4.csv"
+needs_chinchilla = pytest.mark.skipif(not CHINCHILLA.is_file(), reason="no ../shared/data")
+
+
+@needs_chinchilla
+def test_the_cli_reproduces_epochs_chinchilla_fit_with_plots(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, [
+        "fit", "--csv", str(CHINCHILLA), "--n-col", "Model Size", "--c-col", "Training FLOP",
+        "--loss-col", "loss", "--law", "nd", "--drop-top", "5", "--plot", str(tmp_path),
+        "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    published = {"E": 1.817, "alpha": 0.3478, "beta": 0.3658}
+    for name, value in published.items():
+        assert report[name]["value"] == pytest.approx(value, rel=0.02)
+        assert report[name]["lower"] < report[name]["value"] < report[name]["upper"]
+    assert report["compute_optimal"]["a"] == pytest.approx(0.513, abs=0.02)
+    assert report["nobs"] == 240
+    assert report["extrapolation"]["axis"] == "C"
+    assert report["extrapolation"]["mean_abs_pct_error"] < 5
+    assert sorted(Path(p).name for p in report["plots"]) == [
+        "fit_nd_D.png", "fit_nd_N.png", "isoflops.png"]
+    for path in report["plots"]:
+        assert Path(path).stat().st_size > 10_000
+
+
+@pytest.fixture
+def lenet_grid_experiment(fresh_store: str, tmp_path: Path, mnist: Splits) -> str:
+    grid = {"name": "grid", "dataset": "mnist", "families": ["lenet5"],
+            "search_space": {"width": [0.25, 0.5, 1.0, 2.0], "depth": [1],
+                             "train_size": [500, 1000, 2000, 4000], "epochs": [2],
+                             "lr": [4e-3]},
+            "budget_flops": 1e12, "sampler": "grid", "pruner": "none", "val_size": 500,
+            "latency_seconds": 0.01, "evaluations": 1}
+    run_search(parse_pipeline(grid), load_settings(), storage=f"sqlite:///{tmp_path}/o.db",
+               data=mnist)
+    return "mlscale-mnist"
+
+
+def test_fits_of_registered_runs_are_logged_to_mlflow(lenet_grid_experiment: str,
+                                                      fresh_store: str) -> None:
+    for law, names in (("n", {"L_inf", "A", "alpha"}), ("d", {"L_inf", "B", "beta"}),
+                       ("nd", {"E", "A", "B", "alpha", "beta"})):
+        result = CliRunner().invoke(cli, ["fit", "--experiment", lenet_grid_experiment,
+                                          "--law", law, "--json"])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output)
+        assert set(report["params"]) == names
+        assert report["nobs"] == (16 if law == "nd" else 4)
+        run = MlflowClient(fresh_store, fresh_store).get_run(report["mlflow_run_id"])
+        assert run.data.tags["mlscale.kind"] == "scaling-fit"
+        assert run.data.params["law"] == law
+    # the d-law: more data lowers the loss
+    assert report["params"]["beta"]["value"] > 0
+    text = CliRunner().invoke(cli, ["fit", "--experiment", lenet_grid_experiment, "--law",
+                                    "d", "--target", "error_rate"]).output
+    assert "L(D) = L_inf + B * D^-beta" in text and "logged to MLflow run" in text
+
+
+def test_bad_fit_input(tmp_path: Path, fresh_store: str) -> None:
+    csv = tmp_path / "runs.csv"
+    csv.write_text("N,loss\n1e6,2.0\n1e7,1.5\n1e8,nan\n1e9,1.1\n1e10,1.0\n")
+    with pytest.raises(MlscaleError, match="NaN or non-positive"):
+        fit_points(points_from_csv(csv, n_col="N"), "n")
+    with pytest.raises(MlscaleError, match="no column"):
+        points_from_csv(csv, n_col="params")
+    few = tmp_path / "few.csv"
+    few.write_text("N,loss\n1e6,2.0\n1e7,1.5\n")
+    with pytest.raises(MlscaleError, match=r"(?i)too few|at least"):
+        fit_points(points_from_csv(few, n_col="N"), "n")
+    with pytest.raises(MlscaleError, match="needs column"):
+        fit_points(points_from_csv(few, n_col="N"), "nd")
+    MlflowClient(fresh_store, fresh_store).create_experiment("empty")
+    for args, message in ((["--experiment", "empty"], "has no finished training runs"),
+                          (["--experiment", "nowhere"], "no MLflow experiment named"),
+                          (["--experiment", "x", "--csv", str(csv)], "exactly one of")):
+        result = CliRunner().invoke(cli, ["fit", *args])
+        assert result.exit_code != 0
+        assert message in str(result.exception)
