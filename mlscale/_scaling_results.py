@@ -88,6 +88,9 @@ class ScalingFit:
         if self.bootstrap_theta is not None:
             theta = self.bootstrap_theta
         else:
+            if not np.all(np.isfinite(self.cov_theta)):
+                raise MlscaleError("the covariance could not be estimated (too few points "
+                                   "for it); fit with bootstrap=B for draws")
             rng = np.random.default_rng(seed)
             theta = rng.multivariate_normal(self.theta, self.cov_theta, size=size)
         return pd.DataFrame(self._public(theta), columns=self.param_names)

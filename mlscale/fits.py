@@ -205,9 +205,13 @@ def _k_from(points: pd.DataFrame) -> float:
 
 
 def _band(fit: ScalingFit, grid: dict[str, np.ndarray], alpha: float = 0.05
-          ) -> tuple[np.ndarray, np.ndarray]:
-    """A pointwise band of predictions from the parameters' uncertainty."""
-    samples = fit.param_draws().to_numpy()
+          ) -> tuple[np.ndarray, np.ndarray] | None:
+    """A pointwise band of predictions from the parameters' uncertainty (None when the
+    fit has no usable covariance and no bootstrap draws)."""
+    try:
+        samples = fit.param_draws().to_numpy()
+    except MlscaleError:
+        return None
     names = fit.param_names
     curves = []
     for row in samples:
@@ -241,13 +245,15 @@ def plot_fit(fit: ScalingFit, points: pd.DataFrame, law: str, out_dir: Path,
         if others:  # one curve per value of the other variable (its largest and smallest)
             for value in sorted({points[others[0]].min(), points[others[0]].max()}):
                 grid = {var: x, others[0]: np.full_like(x, value)}
-                lower, upper = _band(fit, grid)
                 line = axes.plot(x, fit.predict(**grid), label=f"fit, {others[0]}={value:.3g}")
-                axes.fill_between(x, lower, upper, alpha=0.2, color=line[0].get_color())
+                band = _band(fit, grid)
+                if band is not None:
+                    axes.fill_between(x, *band, alpha=0.2, color=line[0].get_color())
         else:
-            lower, upper = _band(fit, {var: x})
             axes.plot(x, fit.predict(**{var: x}), label="fit")
-            axes.fill_between(x, lower, upper, alpha=0.2, label="95% band")
+            band = _band(fit, {var: x})
+            if band is not None:
+                axes.fill_between(x, *band, alpha=0.2, label="95% band")
         axes.scatter(points[var], points["loss"], s=14, color="black", label="runs", zorder=3)
         axes.set(xscale="log", yscale="log", xlabel=var, ylabel="loss",
                  title=f"{fit.law.formula} (fit to {fit.nobs} runs)")

@@ -263,8 +263,14 @@ class _Objective:
             trial.set_user_attr(PRUNE_REASON, reason)
             trial.set_user_attr(SPENT, 0.0)
             raise optuna.TrialPruned(reason)
-        self.cost_prunes_in_a_row = 0
         trial.set_user_attr(PLANNED, cost)
+        if self._lost_reservation_race(trial, cost):
+            trial.set_user_attr(PLANNED, 0.0)
+            trial.set_user_attr(SPENT, 0.0)
+            reason = "cost: another worker reserved the rest of the budget first"
+            trial.set_user_attr(PRUNE_REASON, reason)
+            raise optuna.TrialPruned(reason)
+        self.cost_prunes_in_a_row = 0
 
         config = TrainConfig(
             arch=params["family"], width=params["width"], depth=params["depth"],
@@ -311,6 +317,15 @@ class _Objective:
         if single_objective:
             return val_loss
         return val_loss, outcome.latency.at_batch(1).p90_ms
+
+    def _lost_reservation_race(self, trial: optuna.Trial, cost: float) -> bool:
+        """After reserving, yield to running trials with lower numbers if together they
+        overrun the budget: of two workers that reserved at once, exactly one backs off."""
+        from optuna.trial import TrialState
+
+        ahead = [t for t in trial.study.get_trials(deepcopy=False) if t.number != trial.number
+                 and not (t.state == TrialState.RUNNING and t.number > trial.number)]
+        return committed_flops(ahead) + cost > self.pipeline.budget_flops
 
     @staticmethod
     def _record(trial: optuna.Trial, outcome: TrainingOutcome) -> None:

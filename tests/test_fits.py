@@ -47,8 +47,8 @@ def test_the_cli_reproduces_epochs_chinchilla_fit_with_plots(tmp_path: Path) -> 
 @pytest.fixture
 def lenet_grid_experiment(fresh_store: str, tmp_path: Path, mnist: Splits) -> str:
     grid = {"name": "grid", "dataset": "mnist", "families": ["lenet5"],
-            "search_space": {"width": [0.25, 0.5, 1.0, 2.0], "depth": [1],
-                             "train_size": [500, 1000, 2000, 4000], "epochs": [2],
+            "search_space": {"width": [0.25, 0.5, 1.0, 2.0, 3.0], "depth": [1],
+                             "train_size": [300, 600, 1200, 2400, 4800], "epochs": [1],
                              "lr": [4e-3]},
             "budget_flops": 1e12, "sampler": "grid", "pruner": "none", "val_size": 500,
             "latency_seconds": 0.01, "evaluations": 1}
@@ -66,7 +66,7 @@ def test_fits_of_registered_runs_are_logged_to_mlflow(lenet_grid_experiment: str
         assert result.exit_code == 0, result.output
         report = json.loads(result.output)
         assert set(report["params"]) == names
-        assert report["nobs"] == (16 if law == "nd" else 4)
+        assert report["nobs"] == (25 if law == "nd" else 5)
         run = MlflowClient(fresh_store, fresh_store).get_run(report["mlflow_run_id"])
         assert run.data.tags["mlscale.kind"] == "scaling-fit"
         assert run.data.params["law"] == law
