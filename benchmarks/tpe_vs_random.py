@@ -2,7 +2,7 @@
 
 Both samplers search the same space (lenet5 and resnet_mini widths, train size, LR,
 per-trial FLOPs) under the same total budget of training FLOPs, with the same pruner,
-each seed in its own fresh Optuna study and MLflow store.
+each search in a fresh process with its own Optuna study and MLflow store.
 
     python benchmarks/tpe_vs_random.py --seeds 3 --budget-flops 1.5e13
 """
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 
 from _common import machine, mean_std
@@ -42,15 +44,29 @@ def best_val_loss(sampler: str, seed: int, budget: float) -> tuple[float, int]:
     return summary.best["metrics"]["val_loss"], summary.n_trials.get("COMPLETE", 0)
 
 
+def _in_fresh_process(sampler: str, seed: int, budget: float) -> tuple[float, int]:
+    completed = subprocess.run(
+        [sys.executable, __file__, "--one", sampler, "--seed", str(seed), "--budget-flops",
+         str(budget)], capture_output=True, text=True, check=True)
+    loss, complete = completed.stdout.split()[-2:]
+    return float(loss), int(complete)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budget-flops", type=float, default=1.5e13)
+    parser.add_argument("--one", choices=["tpe", "random"], help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        loss, complete = best_val_loss(args.one, args.seed, args.budget_flops)
+        print(loss, complete)
+        return
     results: dict[str, list[float]] = {"tpe": [], "random": []}
     for seed in range(args.seeds):
         for sampler in results:
-            loss, complete = best_val_loss(sampler, seed, args.budget_flops)
+            loss, complete = _in_fresh_process(sampler, seed, args.budget_flops)
             results[sampler].append(loss)
             print(f"seed {seed} {sampler}: best val loss {loss:.4f} ({complete} complete "
                   f"trials)", flush=True)
