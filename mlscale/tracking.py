@@ -50,9 +50,6 @@ FAILURE_TAG = "mlscale.failure"
 # The version tags every registered model carries: what it cost and what it scored.
 COST_CARD = ("params", "flops_per_sample", "train_flops", "test_accuracy", "test_loss",
              "latency_p50_ms", "latency_p90_ms", "throughput")
-DESCRIPTIVE_TAGS = ("dataset", "arch", "width", "depth", "run_name", "train_size",
-                    "samples_seen", "error_rate", "train_flops_per_sample", "latency_p99_ms",
-                    "latency_threads")
 CONFIG_ENV = "MLSCALE_MLFLOW_CONFIG"
 TORCH_WEIGHTS = "torch/state_dict.pt"
 
