@@ -40,6 +40,7 @@ class FitReport:
     extrapolation: dict[str, Any] | None
     compute_optimal: dict[str, Any] | None
     summary: str
+    effective_data: bool = False  # D is Muennighoff's D' (some runs repeated their data)
     plots: list[str] = field(default_factory=list)
     mlflow_run_id: str | None = None
 
@@ -135,8 +136,22 @@ def _params_table(fit: ScalingFit, alpha: float) -> dict[str, dict[str, float]]:
             for name in fit.param_names}
 
 
-def _predict(fit: ScalingFit, points: pd.DataFrame) -> np.ndarray:
-    return fit.predict(**{var: points[var].to_numpy() for var in fit.law.variables})
+def _unique_column(points: pd.DataFrame, law: str) -> str | None:
+    """"unique" when the law has D and some run saw its data more than once: those fits
+    use Muennighoff's effective data D', so repeated epochs are not counted as new data."""
+    from mlscale.scaling import LAWS
+
+    if "D" not in LAWS[law].variables or "unique" not in points.columns:
+        return None
+    unique = points["unique"].to_numpy(dtype=float)
+    if not np.all(unique > 0):
+        return None
+    return "unique" if bool(np.any(points["D"].to_numpy(dtype=float) > unique)) else None
+
+
+def _predict(fit: ScalingFit, points: pd.DataFrame, unique: str | None = None) -> np.ndarray:
+    return fit.predict(**{var: points[var].to_numpy() for var in fit.law.variables},
+                       unique=None if unique is None else points[unique].to_numpy())
 
 
 def extrapolation_check(points: pd.DataFrame, law: str, *, drop_top: int = 0
@@ -150,12 +165,13 @@ def extrapolation_check(points: pd.DataFrame, law: str, *, drop_top: int = 0
     train, test = order.iloc[:-held], order.iloc[-held:]
     if len(train) < len(LAWS[law].param_names) + 2:
         return None
-    needed = [*LAWS[law].variables, "loss"]
+    unique = _unique_column(points, law)
+    needed = [*LAWS[law].variables, "loss", *([unique] if unique else [])]
     try:
-        fit = fit_law(train[needed], law, drop_top=drop_top)
+        fit = fit_law(train[needed], law, drop_top=drop_top, unique=unique)
     except MlscaleError:
         return None
-    errors = np.abs(_predict(fit, test) / test["loss"].to_numpy() - 1)
+    errors = np.abs(_predict(fit, test, unique) / test["loss"].to_numpy() - 1)
     return {"fit_points": len(train), "held_out_points": len(test), "axis": axis,
             "held_out_from": float(test[axis].min()),
             "mean_abs_pct_error": float(100 * errors.mean()),
@@ -165,7 +181,10 @@ def extrapolation_check(points: pd.DataFrame, law: str, *, drop_top: int = 0
 def fit_points(points: pd.DataFrame, law: str, *, target: str = "test_loss", drop_top: int = 0,
                bootstrap: int = 0, seed: int = 0, k: float | None = None,
                alpha: float = 0.05, plot_dir: str | Path | None = None) -> FitReport:
-    """Fit ``law`` to ``points`` and describe the result; plots go to ``plot_dir``."""
+    """Fit ``law`` to ``points`` and describe the result; plots go to ``plot_dir``.
+
+    Runs past one epoch of their ``unique`` samples are fitted on effective data D'.
+    """
     from mlscale.scaling import LAWS, compute_optimal, fit_law
 
     if law not in LAWS:
@@ -175,7 +194,9 @@ def fit_points(points: pd.DataFrame, law: str, *, target: str = "test_loss", dro
     if missing:
         raise MlscaleError(f"the {law}-law needs column(s) {missing}")
     chosen = _slice_for_law(points, law)
-    fit = fit_law(chosen[needed], law, bootstrap=bootstrap, seed=seed, drop_top=drop_top)
+    unique = _unique_column(chosen, law)
+    fit = fit_law(chosen[[*needed, *([unique] if unique else [])]], law, bootstrap=bootstrap,
+                  seed=seed, drop_top=drop_top, unique=unique)
     optimal = None
     if law == "nd":
         k_used = k if k is not None else _k_from(points)
@@ -189,10 +210,21 @@ def fit_points(points: pd.DataFrame, law: str, *, target: str = "test_loss", dro
         goodness={"r2_log": float(fit.rsquared), "rmse_log": float(fit.rmse),
                   "huber_loss": float(fit.huber_loss)},
         extrapolation=extrapolation_check(chosen, law, drop_top=drop_top),
-        compute_optimal=optimal, summary=fit.summary(alpha))
+        compute_optimal=optimal, summary=fit.summary(alpha), effective_data=unique is not None)
     if plot_dir is not None:
-        report.plots = plot_fit(fit, chosen, law, Path(plot_dir), optimal)
+        report.plots = plot_fit(fit, _effective_points(fit, chosen, unique), law,
+                                Path(plot_dir), optimal)
     return report
+
+
+def _effective_points(fit: ScalingFit, points: pd.DataFrame, unique: str | None
+                      ) -> pd.DataFrame:
+    """The points with D replaced by the effective data D' the fit used (for plots)."""
+    from mlscale.scaling import effective_data
+
+    if unique is None:
+        return points
+    return points.assign(D=effective_data(points["D"], points[unique], fit.r_star))
 
 
 def _k_from(points: pd.DataFrame) -> float:
@@ -255,7 +287,8 @@ def plot_fit(fit: ScalingFit, points: pd.DataFrame, law: str, out_dir: Path,
             if band is not None:
                 axes.fill_between(x, *band, alpha=0.2, label="95% band")
         axes.scatter(points[var], points["loss"], s=14, color="black", label="runs", zorder=3)
-        axes.set(xscale="log", yscale="log", xlabel=var, ylabel="loss",
+        label = "D' (effective samples)" if var == "D" and fit.data_constrained else var
+        axes.set(xscale="log", yscale="log", xlabel=label, ylabel="loss",
                  title=f"{fit.law.formula} (fit to {fit.nobs} runs)")
         axes.legend(fontsize=7)
         path = out_dir / f"fit_{law}_{var}.png"

@@ -39,8 +39,10 @@ from mlscale.errors import MlscaleError
 
 __all__ = [
     "LAWS", "R_STAR", "ComputeOptimal", "Law", "Saturation", "ScalingFit", "compute_optimal",
-    "effective_data", "fit_law", "pareto_front", "saturation_point",
+    "effective_data", "efficiency_fronts", "fit_law", "pareto_front", "saturation_point",
 ]
+
+EFFICIENCY_COSTS = ("train_flops", "params", "latency_p90_ms")
 
 
 def _positive(values: ArrayLike, name: str) -> NDArray[np.float64]:
@@ -280,3 +282,33 @@ def pareto_front(frame: pd.DataFrame, cost_col: str, value_col: str,
     order = np.lexsort((value, cost))  # by cost, ties best value first
     best_before = np.minimum.accumulate(np.concatenate([[np.inf], value[order]]))[:-1]
     return frame.iloc[order[value[order] < best_before]]
+
+
+def efficiency_fronts(frame: pd.DataFrame, *, by: str = "arch",
+                      costs: tuple[str, ...] = EFFICIENCY_COSTS, value: str = "test_accuracy",
+                      higher_is_better: bool = True) -> pd.DataFrame:
+    """Cost-efficiency curves: per family (``by``) and per cost column, the Pareto front
+    of ``value`` against that cost. Rows missing the cost or the value are left out.
+
+    Long format, one row per front point: ``by``, ``cost``, ``cost_value``, ``value``
+    and ``row`` (the point's index label in ``frame``), sorted by family, cost, cost_value.
+
+    >>> runs = pd.DataFrame({"arch": ["a", "a", "b"], "train_flops": [1.0, 2.0, 1.0],
+    ...                      "params": [9.0, 5.0, 7.0], "test_accuracy": [0.9, 0.95, 0.8]})
+    >>> efficiency_fronts(runs, costs=("train_flops", "params"))["row"].tolist()
+    [0, 1, 1, 2, 2]
+    """
+    frame = _frame(frame, [by, value, *costs], "efficiency_fronts")
+    parts = []
+    for family, group in frame.groupby(by, sort=True):
+        for cost in costs:
+            usable = group[[cost, value]].apply(pd.to_numeric, errors="coerce").dropna()
+            if usable.empty:
+                continue
+            front = pareto_front(usable, cost, value, minimize_value=not higher_is_better)
+            parts.append(pd.DataFrame({by: family, "cost": cost, "cost_value": front[cost],
+                                       "value": front[value], "row": front.index}))
+    columns = [by, "cost", "cost_value", "value", "row"]
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(parts, ignore_index=True)[columns]

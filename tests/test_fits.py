@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
@@ -75,6 +77,31 @@ def test_fits_of_registered_runs_are_logged_to_mlflow(lenet_grid_experiment: str
     text = CliRunner().invoke(cli, ["fit", "--experiment", lenet_grid_experiment, "--law",
                                     "d", "--target", "error_rate"]).output
     assert "L(D) = L_inf + B * D^-beta" in text and "logged to MLflow run" in text
+
+
+def test_runs_past_one_epoch_are_fitted_on_effective_data(tmp_path: Path) -> None:
+    """Data repeated for up to 64 epochs: fitted on D', the law recovers its exponents;
+    fitted on raw samples seen, the repeats look like new data and the law is wrong."""
+    from mlscale.scaling import effective_data
+
+    n, epochs = (g.ravel() for g in np.meshgrid(np.logspace(4, 6, 5), [0.5, 1, 4, 16, 64]))
+    unique = 2000.0
+    seen = epochs * unique
+    truth = {"E": 0.05, "A": 30.0, "B": 40.0, "alpha": 0.5, "beta": 0.6}
+    loss = (truth["E"] + truth["A"] * n ** -truth["alpha"]
+            + truth["B"] * effective_data(seen, unique) ** -truth["beta"])
+    points = pd.DataFrame({"N": n, "D": seen, "C": 6 * n * seen, "unique": unique,
+                           "loss": loss})
+    report = fit_points(points, "nd", plot_dir=tmp_path)
+    assert report.effective_data and "effective data D'" in report.summary
+    for name in ("alpha", "beta"):
+        assert report.params[name]["value"] == pytest.approx(truth[name], rel=0.02)
+    naive = fit_points(points.drop(columns="unique"), "nd")
+    assert not naive.effective_data
+    assert abs(naive.params["beta"]["value"] / truth["beta"] - 1) > 0.15
+    assert report.extrapolation is not None and naive.extrapolation is not None
+    assert (report.extrapolation["mean_abs_pct_error"]
+            < naive.extrapolation["mean_abs_pct_error"])
 
 
 def test_bad_fit_input(tmp_path: Path, fresh_store: str) -> None:

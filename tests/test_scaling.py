@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import time
 from pathlib import Path
 
@@ -9,11 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import mlscale.scaling
 from mlscale.errors import MlscaleError
 from mlscale.scaling import (
     ScalingFit,
     compute_optimal,
     effective_data,
+    efficiency_fronts,
     fit_law,
     pareto_front,
     saturation_point,
@@ -214,6 +217,34 @@ def test_pareto_front() -> None:
     assert pareto_front(runs, "flops", "error", minimize_value=False).index.tolist() == [0, 1]
     per_family = runs.groupby("family").apply(pareto_front, "flops", "error")
     assert per_family.index.get_level_values(1).tolist() == [0, 2, 3, 4]
+
+
+def test_efficiency_fronts_per_family_and_cost() -> None:
+    runs = pd.DataFrame({
+        "arch": ["a", "a", "a", "b", "b"],
+        "train_flops": [1e9, 2e9, 4e9, 1e9, 3e9],
+        "params": [5e4, 1e4, 2e4, 3e4, 3e4],
+        "latency_p90_ms": [0.1, 0.2, np.nan, 0.3, 0.2],
+        "test_accuracy": [0.97, 0.98, 0.985, 0.96, 0.99],
+    }, index=[10, 11, 12, 13, 14])
+    fronts = efficiency_fronts(runs)
+    rows = {(fam, cost): group["row"].tolist()
+            for (fam, cost), group in fronts.groupby(["arch", "cost"], sort=False)}
+    assert rows == {("a", "train_flops"): [10, 11, 12], ("a", "params"): [11, 12],
+                    ("a", "latency_p90_ms"): [10, 11], ("b", "train_flops"): [13, 14],
+                    ("b", "params"): [14], ("b", "latency_p90_ms"): [14]}
+    # along each front, more cost buys strictly more accuracy
+    for _, group in fronts.groupby(["arch", "cost"]):
+        assert group["value"].is_monotonic_increasing and group["value"].is_unique
+    error_fronts = efficiency_fronts(runs.assign(err=1 - runs["test_accuracy"]), value="err",
+                                     higher_is_better=False)
+    assert error_fronts["row"].tolist() == fronts["row"].tolist()
+    with pytest.raises(MlscaleError, match="missing column"):
+        efficiency_fronts(runs, by="family")
+
+
+def test_docstring_examples_run() -> None:
+    assert doctest.testmod(mlscale.scaling).failed == 0
 
 
 @pytest.mark.parametrize(("data", "law", "kwargs", "message"), [
