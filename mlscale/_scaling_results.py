@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from statistics import NormalDist
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
-from scipy.stats import norm
 
-from mlscale._scaling_laws import Law, effective_data
+from mlscale._scaling_laws import LAWS, Law, effective_data
 from mlscale.errors import MlscaleError
 
 __all__ = ["ScalingFit"]
+
+
+def _normal_quantile(p: float) -> float:
+    """The standard normal quantile (the standard library's: scipy.stats costs 0.7 s to
+    import, which a cached budget answer cannot afford)."""
+    return NormalDist().inv_cdf(p)
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,7 +77,7 @@ class ScalingFit:
         if not 0 < alpha < 1:
             raise MlscaleError(f"alpha must be in (0, 1), got {alpha}")
         if method == "wald":
-            half = norm.ppf(1 - alpha / 2) * np.sqrt(np.diag(self.cov_theta))
+            half = _normal_quantile(1 - alpha / 2) * np.sqrt(np.diag(self.cov_theta))
             lower, upper = self._public(self.theta - half), self._public(self.theta + half)
         elif method == "bootstrap":
             if self.bootstrap_theta is None:
@@ -91,8 +97,13 @@ class ScalingFit:
             if not np.all(np.isfinite(self.cov_theta)):
                 raise MlscaleError("the covariance could not be estimated (too few points "
                                    "for it); fit with bootstrap=B for draws")
+            # The linearised covariance can be slightly indefinite on weak fits: draw from
+            # its nearest positive-semidefinite matrix (negative eigenvalues set to 0).
+            values, vectors = np.linalg.eigh((self.cov_theta + self.cov_theta.T) / 2)
+            cov = (vectors * np.clip(values, 0, None)) @ vectors.T
             rng = np.random.default_rng(seed)
-            theta = rng.multivariate_normal(self.theta, self.cov_theta, size=size)
+            theta = rng.multivariate_normal(self.theta, cov, size=size, method="eigh",
+                                            check_valid="ignore")
         return pd.DataFrame(self._public(theta), columns=self.param_names)
 
     @property
@@ -124,6 +135,43 @@ class ScalingFit:
                 x = effective_data(x, unique, self.r_star)
             loss = loss + params[amp] * x ** -params[exp]
         return loss
+
+    def predict_interval(self, N: ArrayLike | None = None, D: ArrayLike | None = None,
+                         C: ArrayLike | None = None, *, unique: ArrayLike | None = None,
+                         alpha: float = 0.05, scatter: bool = True
+                         ) -> tuple[NDArray[np.float64], NDArray[np.float64],
+                                    NDArray[np.float64]]:
+        """The prediction and its (1 - alpha) interval, by the delta method on log L.
+
+        The interval carries the parameters' covariance and, with ``scatter``, the fit's
+        residual scale (RMSE of log loss): it then bounds a single new run, as a
+        prediction interval should. Bounds are NaN if the covariance is not finite.
+        (R*, when fitted, is held at its estimate.)
+        """
+        value = self.predict(N=N, D=D, C=C, unique=unique)
+        given = {"N": N, "D": D, "C": C}
+        n_terms = len(self.law.terms)
+        log_xs = []
+        for _, _, var in self.law.terms:
+            x = np.asarray(given[var], dtype=float)
+            if var == "D" and unique is not None:
+                x = effective_data(x, unique, self.r_star)
+            log_xs.append(np.log(x))
+        shape = np.broadcast_shapes(*(lx.shape for lx in log_xs))
+        z = np.stack([np.full(shape, self.theta[0])] + [
+            np.broadcast_to(self.theta[1 + j] - self.theta[1 + n_terms + j] * lx, shape)
+            for j, lx in enumerate(log_xs)])
+        weights = np.exp(z - z.max(axis=0))
+        weights /= weights.sum(axis=0)
+        jac = np.zeros((self.theta.size, *shape))
+        jac[: 1 + n_terms] = weights
+        for j, lx in enumerate(log_xs):
+            jac[1 + n_terms + j] = -weights[1 + j] * lx
+        variance = np.einsum("i...,ij,j...->...", jac, self.cov_theta, jac)
+        if scatter:
+            variance = variance + self.rmse**2
+        half = _normal_quantile(1 - alpha / 2) * np.sqrt(np.maximum(variance, 0.0))
+        return value, value * np.exp(-half), value * np.exp(half)
 
     @property
     def nobs(self) -> int:
@@ -177,6 +225,34 @@ class ScalingFit:
                if self.bootstrap_theta is not None else
                " (on the log of the constant and amplitudes; linearised LAD, iid residuals)"))
         return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything the fit holds, as JSON-ready values (``from_dict`` rebuilds it)."""
+        return {"law": self.law.name, "theta": self.theta.tolist(),
+                "cov_theta": self.cov_theta.tolist(),
+                "index": self.log_loss.index.tolist(), "log_loss": self.log_loss.tolist(),
+                "log_fitted": self.log_fitted.tolist(), "huber_loss": self.huber_loss,
+                "delta": self.delta, "r_star": self.r_star, "r_star_fitted": self.r_star_fitted,
+                "n_dropped": self.n_dropped, "data_constrained": self.data_constrained,
+                "bootstrap_theta": None if self.bootstrap_theta is None
+                else self.bootstrap_theta.tolist()}
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> ScalingFit:
+        """The fit ``to_dict`` described."""
+        index = payload["index"]
+        boot = payload["bootstrap_theta"]
+        return cls(
+            law=LAWS[payload["law"]], theta=np.asarray(payload["theta"], dtype=float),
+            cov_theta=np.asarray(payload["cov_theta"], dtype=float),
+            log_loss=pd.Series(payload["log_loss"], index=index, name="log_loss", dtype=float),
+            log_fitted=pd.Series(payload["log_fitted"], index=index, name="log_fitted",
+                                 dtype=float),
+            huber_loss=float(payload["huber_loss"]), delta=float(payload["delta"]),
+            r_star=float(payload["r_star"]), r_star_fitted=bool(payload["r_star_fitted"]),
+            n_dropped=int(payload["n_dropped"]),
+            data_constrained=bool(payload["data_constrained"]),
+            bootstrap_theta=None if boot is None else np.asarray(boot, dtype=float))
 
     def __repr__(self) -> str:
         values = ", ".join(f"{k}={v:.4g}" for k, v in self.params.items())

@@ -61,6 +61,7 @@ class DatasetInfo:
     std: float
     num_classes: int = 10
     input_shape: tuple[int, int, int] = (1, 28, 28)
+    train_samples: int = 60_000  # the train split, before the validation split is carved out
 
 
 # MNIST: MD5s of the official uncompressed files. Fashion-MNIST: MD5s of the

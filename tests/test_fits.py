@@ -12,12 +12,8 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from mlscale.cli import cli
-from mlscale.data import Splits
 from mlscale.errors import MlscaleError
 from mlscale.fits import fit_points, points_from_csv
-from mlscale.pipeline import parse_pipeline
-from mlscale.search import run_search
-from mlscale.tracking import load_settings
 
 CHINCHILLA = Path(__file__).resolve().parents[2] / "shared" / "data" / \
     "chinchilla_hoffmann2022_fig4.csv"
@@ -46,36 +42,25 @@ def test_the_cli_reproduces_epochs_chinchilla_fit_with_plots(tmp_path: Path) -> 
         assert Path(path).stat().st_size > 10_000
 
 
-@pytest.fixture
-def lenet_grid_experiment(fresh_store: str, tmp_path: Path, mnist: Splits) -> str:
-    grid = {"name": "grid", "dataset": "mnist", "families": ["lenet5"],
-            "search_space": {"width": [0.25, 0.5, 1.0, 2.0, 3.0], "depth": [1],
-                             "train_size": [300, 600, 1200, 2400, 4800], "epochs": [1],
-                             "lr": [4e-3]},
-            "budget_flops": 1e12, "sampler": "grid", "pruner": "none", "val_size": 500,
-            "latency_seconds": 0.01, "evaluations": 1}
-    run_search(parse_pipeline(grid), load_settings(), storage=f"sqlite:///{tmp_path}/o.db",
-               data=mnist)
-    return "mlscale-mnist"
-
-
-def test_fits_of_registered_runs_are_logged_to_mlflow(lenet_grid_experiment: str,
-                                                      fresh_store: str) -> None:
+def test_fits_of_registered_runs_are_logged_to_mlflow(lenet_grid_store: str) -> None:
+    experiment = "mlscale-mnist"
     for law, names in (("n", {"L_inf", "A", "alpha"}), ("d", {"L_inf", "B", "beta"}),
                        ("nd", {"E", "A", "B", "alpha", "beta"})):
-        result = CliRunner().invoke(cli, ["fit", "--experiment", lenet_grid_experiment,
-                                          "--law", law, "--json"])
+        result = CliRunner().invoke(cli, ["fit", "--experiment", experiment, "--arch", "lenet5",
+                                          "--law", law, "--tracking-uri", lenet_grid_store,
+                                          "--json"])
         assert result.exit_code == 0, result.output
         report = json.loads(result.output)
         assert set(report["params"]) == names
         assert report["nobs"] == (25 if law == "nd" else 5)
-        run = MlflowClient(fresh_store, fresh_store).get_run(report["mlflow_run_id"])
+        run = MlflowClient(lenet_grid_store).get_run(report["mlflow_run_id"])
         assert run.data.tags["mlscale.kind"] == "scaling-fit"
         assert run.data.params["law"] == law
     # the d-law: more data lowers the loss
     assert report["params"]["beta"]["value"] > 0
-    text = CliRunner().invoke(cli, ["fit", "--experiment", lenet_grid_experiment, "--law",
-                                    "d", "--target", "error_rate"]).output
+    text = CliRunner().invoke(cli, ["fit", "--experiment", experiment, "--arch", "lenet5",
+                                    "--law", "d", "--target", "error_rate", "--tracking-uri",
+                                    lenet_grid_store]).output
     assert "L(D) = L_inf + B * D^-beta" in text and "logged to MLflow run" in text
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import json
 import time
 from pathlib import Path
 
@@ -241,6 +242,25 @@ def test_efficiency_fronts_per_family_and_cost() -> None:
     assert error_fronts["row"].tolist() == fronts["row"].tolist()
     with pytest.raises(MlscaleError, match="missing column"):
         efficiency_fronts(runs, by="family")
+
+
+def test_a_fit_survives_json_and_its_prediction_interval_covers_new_runs() -> None:
+    fit = fit_law(_nd_data(0), "nd")
+    again = ScalingFit.from_dict(json.loads(json.dumps(fit.to_dict())))
+    assert again.summary() == fit.summary()
+    n, d = _nd_grid()
+    np.testing.assert_allclose(again.predict(N=n, D=d), fit.predict(N=n, D=d))
+    mean = TRUE_ND["E"] + TRUE_ND["A"] / n ** TRUE_ND["alpha"] + TRUE_ND["B"] / d ** TRUE_ND["beta"]
+    new_runs = mean * np.exp(np.random.default_rng(99).normal(0.0, 0.02, (20, n.size)))
+    value, lower, upper = fit.predict_interval(N=n, D=d)
+    assert np.all(lower < value) and np.all(value < upper)
+    coverage = np.mean((lower <= new_runs) & (new_runs <= upper))
+    assert 0.9 <= coverage <= 0.99
+    _, near_lo, near_hi = fit.predict_interval(N=1e9, D=1e11)
+    _, far_lo, far_hi = fit.predict_interval(N=1e12, D=1e14)
+    assert far_hi / far_lo > near_hi / near_lo  # extrapolation widens the interval
+    _, mean_lo, mean_hi = fit.predict_interval(N=1e9, D=1e11, scatter=False)
+    assert mean_hi / mean_lo < near_hi / near_lo
 
 
 def test_docstring_examples_run() -> None:

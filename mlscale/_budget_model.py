@@ -1,0 +1,301 @@
+"""What the budget advisor knows about each family, built from the registry and cached.
+
+Per family with enough registered runs: joint laws of test loss and of error rate in
+parameters N and effective data D' (``fit_law(..., "nd", unique=...)``), batch-1 p90
+latency against forward FLOPs (statsmodels OLS on logs), the empirical saturation of
+accuracy against training FLOPs (LOWESS), and the family's dial grid as measured by
+FlopCounterMode. Built once per registry state, cached as JSON: a cached answer needs
+neither torch nor statsmodels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+
+from mlscale._scaling_results import ScalingFit
+from mlscale.errors import MlscaleError
+
+if TYPE_CHECKING:
+    from mlscale.tracking import MlflowSettings
+
+__all__ = ["FamilyModel", "LatencyModel", "RegistryModel", "cache_dir", "load_registry_model"]
+
+CACHE_FORMAT = 1  # bump when what the cache holds changes
+MIN_RUNS = 7  # the joint law has 5 parameters; 2 more so that their covariance exists
+MIN_DISTINCT = 3  # distinct parameter counts and distinct samples seen a fit needs
+WIDTH_POINTS = 11  # widths per depth in a family's dial grid (log-spaced over its range)
+RUN_COLUMNS = ["model_uri", "run_name", "width", "depth", "params", "flops_per_sample",
+               "train_flops", "samples_seen", "train_size", "test_accuracy", "test_loss",
+               "error_rate", "latency_p90_ms", "latency_threads"]
+FIT_COLUMNS = ["params", "samples_seen", "train_size", "test_loss", "error_rate"]
+
+
+def cache_dir() -> Path:
+    """``$MLSCALE_CACHE_DIR``, else ``$XDG_CACHE_HOME/mlscale``, else ``~/.cache/mlscale``."""
+    if env := os.environ.get("MLSCALE_CACHE_DIR"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlscale"
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """log p90 (ms) = intercept + slope * log forward FLOPs, by OLS, with prediction intervals.
+
+    ``pooled``: fitted on every family's models because this family had too few.
+    """
+
+    params: list[float]
+    cov: list[list[float]]
+    scale: float  # residual variance of log p90
+    t_975: float  # Student's t quantile for the 95% interval at the residual degrees of freedom
+    nobs: int
+    pooled: bool
+
+    @classmethod
+    def fit(cls, flops: ArrayLike, p90_ms: ArrayLike, pooled: bool = False) -> LatencyModel:
+        import statsmodels.api as sm
+
+        design = sm.add_constant(np.log(np.asarray(flops, dtype=float)))
+        result = sm.OLS(np.log(np.asarray(p90_ms, dtype=float)), design).fit()
+        from scipy.stats import t
+
+        return cls([float(v) for v in result.params], np.asarray(result.cov_params()).tolist(),
+                   float(result.scale), float(t.ppf(0.975, result.df_resid)), int(result.nobs),
+                   pooled)
+
+    def predict(self, flops: ArrayLike
+                ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        """Predicted p90 (ms) with the 95% prediction interval for one new model."""
+        x = np.log(np.asarray(flops, dtype=float))
+        (c00, c01), (_, c11) = self.cov
+        mean = self.params[0] + self.params[1] * x
+        se = np.sqrt(c00 + 2 * x * c01 + x**2 * c11 + self.scale)
+        half = self.t_975 * se
+        return np.exp(mean), np.exp(mean - half), np.exp(mean + half)
+
+
+@dataclass(frozen=True)
+class FamilyModel:
+    """One family's fits, latency model, measured dial grid and registered runs."""
+
+    family: str
+    loss_fit: ScalingFit
+    error_fit: ScalingFit
+    latency: LatencyModel | None
+    candidates: pd.DataFrame  # width, depth, params, flops_per_sample, train_flops_per_sample
+    runs: pd.DataFrame  # RUN_COLUMNS, one row per registered version
+    saturation_flops: float | None  # LOWESS: accuracy gain per 10x FLOPs < 0.1 points
+
+    @property
+    def largest_run_flops(self) -> float:
+        return float(self.runs["train_flops"].max())
+
+    @property
+    def largest_params(self) -> float:
+        return float(self.runs["params"].max())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "loss_fit": self.loss_fit.to_dict(),
+                "error_fit": self.error_fit.to_dict(),
+                "latency": None if self.latency is None else self.latency.__dict__,
+                "candidates": self.candidates.to_dict("list"), "runs": self.runs.to_dict("list"),
+                "saturation_flops": self.saturation_flops}
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> FamilyModel:
+        latency = payload["latency"]
+        return cls(payload["family"], ScalingFit.from_dict(payload["loss_fit"]),
+                   ScalingFit.from_dict(payload["error_fit"]),
+                   None if latency is None else LatencyModel(**latency),
+                   pd.DataFrame(payload["candidates"]), pd.DataFrame(payload["runs"]),
+                   payload["saturation_flops"])
+
+
+@dataclass(frozen=True)
+class RegistryModel:
+    """Everything the advisor knows about one dataset's registered models."""
+
+    dataset: str
+    unique: int  # unique training samples available (the train split less validation)
+    fingerprint: str
+    versions: int
+    families: dict[str, FamilyModel]
+    skipped: dict[str, str]  # family -> why it has no fit
+    zoo: list[str]  # every family the zoo knows (checked without importing torch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": CACHE_FORMAT, "dataset": self.dataset, "unique": self.unique,
+                "fingerprint": self.fingerprint, "versions": self.versions,
+                "families": {name: fm.to_dict() for name, fm in self.families.items()},
+                "skipped": self.skipped, "zoo": self.zoo}
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> RegistryModel:
+        return cls(payload["dataset"], int(payload["unique"]), payload["fingerprint"],
+                   int(payload["versions"]),
+                   {name: FamilyModel.from_dict(fm) for name, fm in payload["families"].items()},
+                   dict(payload["skipped"]), list(payload["zoo"]))
+
+
+def _usable_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """Registered versions whose cost card has every figure a fit needs, all positive."""
+    values = frame[FIT_COLUMNS].apply(pd.to_numeric, errors="coerce")
+    return frame[(values > 0).all(axis=1)]
+
+
+def _fit_family(family: str, runs: pd.DataFrame, input_shape: tuple[int, int, int],
+                pooled: LatencyModel | None, on_status: Callable[[str], None]) -> FamilyModel:
+    from mlscale.scaling import fit_law, saturation_point
+
+    points = {"N": runs["params"], "D": runs["samples_seen"], "unique": runs["train_size"]}
+    loss_fit = fit_law({**points, "loss": runs["test_loss"]}, "nd", unique="unique")
+    error_fit = fit_law({**points, "loss": runs["error_rate"]}, "nd", unique="unique")
+    timed = runs[["flops_per_sample", "latency_p90_ms"]].dropna()
+    timed = timed[(timed > 0).all(axis=1)]
+    latency = (LatencyModel.fit(timed["flops_per_sample"], timed["latency_p90_ms"])
+               if timed["flops_per_sample"].nunique() >= MIN_DISTINCT else pooled)
+    saturation = None
+    if runs["train_flops"].nunique() >= 4:
+        saturation = saturation_point(runs["train_flops"], runs["test_accuracy"]).x
+    return FamilyModel(family, loss_fit, error_fit, latency,
+                       measured_grid(family, input_shape, on_status),
+                       runs[RUN_COLUMNS].reset_index(drop=True), saturation)
+
+
+def build_registry_model(frame: pd.DataFrame, dataset: str, fingerprint: str,
+                         on_status: Callable[[str], None] = lambda _: None) -> RegistryModel:
+    """Fit every family of ``frame`` (``models_frame`` rows of one dataset) that has enough runs."""
+    from mlscale.data import dataset_info
+    from mlscale.models import list_models
+    from mlscale.train import TrainConfig
+
+    info = dataset_info(dataset)
+    unique = info.train_samples - TrainConfig.val_size
+    frame = frame[frame["dataset"] == dataset]
+    if frame.empty:
+        raise MlscaleError(f"the registry has no models for dataset {dataset!r}; register some "
+                           "first, e.g. mlscale search pipelines/lenet_scaling.yaml")
+    timed = frame[["flops_per_sample", "latency_p90_ms"]].dropna()
+    timed = timed[(timed > 0).all(axis=1)]
+    pooled = (LatencyModel.fit(timed["flops_per_sample"], timed["latency_p90_ms"], pooled=True)
+              if timed["flops_per_sample"].nunique() >= MIN_DISTINCT else None)
+    families, skipped = {}, {}
+    for family, group in frame.groupby("arch", sort=True):
+        runs = _usable_runs(group)
+        sizes, data = runs["params"].nunique(), runs["samples_seen"].nunique()
+        if len(runs) < MIN_RUNS or min(sizes, data) < MIN_DISTINCT:
+            skipped[str(family)] = (
+                f"{len(runs)} usable runs with {sizes} model sizes and {data} data sizes; the "
+                f"joint law needs {MIN_RUNS} runs and {MIN_DISTINCT} of each")
+            continue
+        on_status(f"fitting {family} ({len(runs)} runs)")
+        try:
+            families[str(family)] = _fit_family(str(family), runs, info.input_shape, pooled,
+                                                on_status)
+        except MlscaleError as error:
+            skipped[str(family)] = f"the fit failed: {error}"
+    if not families:
+        reasons = "; ".join(f"{family}: {why}" for family, why in skipped.items())
+        raise MlscaleError(f"no family of {dataset} has enough registered runs to fit ({reasons})")
+    return RegistryModel(dataset, unique, fingerprint, len(frame), families, skipped,
+                         list_models())
+
+
+def measured_grid(family: str, input_shape: tuple[int, int, int],
+                  on_status: Callable[[str], None] = lambda _: None) -> pd.DataFrame:
+    """Params and FLOPs of ``family`` over its dial grid, measured on the meta device.
+
+    Cached per family, keyed by the family's and the measurement's source code.
+    """
+    import torch
+
+    from mlscale import measure
+    from mlscale.models import get_model, model_spec
+
+    spec = model_spec(family)
+    source = inspect.getsource(inspect.getmodule(spec.builder) or spec.builder)
+    key = hashlib.sha256((source + inspect.getsource(measure)
+                          + f"{WIDTH_POINTS}{input_shape}").encode()).hexdigest()[:16]
+    path = cache_dir() / f"zoo-{family}-{key}.json"
+    if path.is_file():
+        return pd.DataFrame(json.loads(path.read_text()))
+    (w_lo, w_hi), (d_lo, d_hi) = spec.width_range, spec.depth_range
+    widths = sorted({float(f"{w:.3g}") for w in np.geomspace(w_lo, w_hi, WIDTH_POINTS)})
+    rows = []
+    on_status(f"measuring {family}'s dial grid ({len(widths) * (d_hi - d_lo + 1)} "
+              "configurations; cached)")
+    for depth in range(d_lo, d_hi + 1):
+        for width in widths:
+            with torch.device("meta"):  # shapes only: no memory, no initialisation
+                model = get_model(family, width=width, depth=depth, in_channels=input_shape[0],
+                                  image_size=input_shape[1])
+            cost = measure.measure_model(model, input_shape)
+            rows.append({"width": width, "depth": depth, "params": cost.params,
+                         "flops_per_sample": cost.flops_per_sample,
+                         "train_flops_per_sample": cost.train_flops_per_sample})
+    grid = pd.DataFrame(rows)
+    _write_json(path, grid.to_dict("list"))
+    return grid
+
+
+def registry_fingerprint(settings: MlflowSettings) -> str:
+    """Changes whenever a version is registered or deleted anywhere in the registry."""
+    from mlscale.tracking import _all_pages, client, mlflow_errors
+
+    mlflow_client = client(settings)
+    with mlflow_errors(settings):
+        models = _all_pages(mlflow_client.search_registered_models, 1000)
+    state = sorted((m.name, m.last_updated_timestamp) for m in models)
+    return hashlib.sha256(json.dumps(state).encode()).hexdigest()[:16]
+
+
+def load_registry_model(settings: MlflowSettings, dataset: str, *, refresh: bool = False,
+                        on_status: Callable[[str], None] = lambda _: None
+                        ) -> tuple[RegistryModel, bool]:
+    """The advisor's model of the registry, and whether it came from the cache.
+
+    The cache is keyed by the stores and the dataset and rebuilt when the registry's
+    fingerprint moves (or ``refresh``).
+    """
+    from importlib.metadata import version
+
+    from mlscale.tracking import models_frame
+
+    fingerprint = registry_fingerprint(settings)
+    store = f"{settings.tracking_uri}|{settings.registry_uri}|{dataset}"
+    path = cache_dir() / f"budget-{hashlib.sha256(store.encode()).hexdigest()[:16]}.json"
+    stamp = f"{fingerprint}-{version('mlscale')}-{CACHE_FORMAT}"
+    if not refresh and path.is_file():
+        try:
+            payload = json.loads(path.read_text())
+            if payload.get("stamp") == stamp:
+                return RegistryModel.from_dict(payload["model"]), True
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a damaged or foreign cache file is rebuilt below
+    on_status("reading the registry")
+    model = build_registry_model(models_frame(settings, dataset=dataset), dataset, fingerprint,
+                                 on_status)
+    _write_json(path, {"stamp": stamp, "model": model.to_dict()})
+    return model, False
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    """Write atomically; a cache that cannot be written is only a slower next answer."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_suffix(f".{os.getpid()}.tmp")
+        scratch.write_text(json.dumps(payload))
+        scratch.replace(path)
+    except OSError:
+        pass

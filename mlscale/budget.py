@@ -1,0 +1,443 @@
+"""What to train for a FLOPs budget, what it will score and what it will cost to serve.
+
+For every family fitted from the registry (``mlscale._budget_model``) and every point
+of its measured dial grid, a budget C buys D = C / (training FLOPs per sample) samples;
+the joint law predicts the test loss at (N, D'), where D' discounts repeated epochs of
+the dataset's unique samples. The configuration with the lowest predicted loss wins;
+its accuracy comes from the error-rate law, its latency from the family's latency model.
+Intervals are 95% prediction intervals: parameter draws of the fit plus the fit's
+run-to-run scatter.
+
+>>> advisor = Advisor.from_registry(load_settings(), "mnist")  # doctest: +SKIP
+>>> advice = advisor.advise(1e15)                               # doctest: +SKIP
+>>> advice.recommendation.family, advice.recommendation.predicted_accuracy.value  # doctest: +SKIP
+('lenet5', 0.9921)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mlscale._budget_model import FamilyModel, RegistryModel, load_registry_model
+from mlscale._scaling_laws import effective_data
+from mlscale.errors import MlscaleError
+
+if TYPE_CHECKING:
+    from mlscale._scaling_results import ScalingFit
+    from mlscale.tracking import MlflowSettings
+
+__all__ = ["Advice", "Advisor", "Estimate", "Option"]
+
+SAME_ACCURACY = 1e-3  # 0.1 accuracy points: "the same" for alternatives and saturation
+EXTRAPOLATION_FACTOR = 10.0  # warn past this multiple of the largest fitted run
+MIN_SAMPLES = 100  # a configuration must see at least this many samples
+WEAK_FIT_SPAN = 10.0  # warn when the loss interval spans more than this factor
+GRID_PER_DECADE = 24  # budgets per decade when searching for the cheapest or the least
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A prediction with its 95% interval (``None`` bounds: no interval could be formed)."""
+
+    value: float
+    lower: float | None
+    upper: float | None
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configuration trained on one budget, and what it is predicted to give."""
+
+    family: str
+    width: float
+    depth: int
+    params: int
+    flops_per_sample: int
+    train_flops_per_sample: int
+    train_flops: float
+    samples_seen: int
+    epochs: float
+    effective_samples: float
+    predicted_test_loss: Estimate
+    predicted_accuracy: Estimate
+    predicted_latency_p90_ms: Estimate | None
+
+    def to_dict(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload["dials"] = {"width": payload.pop("width"), "depth": payload.pop("depth")}
+        return payload
+
+
+@dataclass
+class Advice:
+    """The answer to one budget (or target-accuracy) question."""
+
+    dataset: str
+    budget_flops: float
+    recommendation: Option
+    nearest_registered_model: dict[str, Any]
+    alternatives: list[dict[str, Any]]
+    warnings: list[str]
+    train_command: str
+    fits: dict[str, dict[str, Any]]
+    families: list[str]
+    max_latency_ms: float | None = None
+    target_accuracy: float | None = None
+    registry: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recommendation's fields at the top level, then everything around it."""
+        return {"dataset": self.dataset, "budget_flops": self.budget_flops,
+                "target_accuracy": self.target_accuracy, "max_latency_ms": self.max_latency_ms,
+                **self.recommendation.to_dict(),
+                "nearest_registered_model": self.nearest_registered_model,
+                "alternatives": [{**alt, "option": alt["option"].to_dict()}
+                                 for alt in self.alternatives],
+                "warnings": self.warnings, "train_command": self.train_command,
+                "families": self.families, "fits": self.fits, "registry": self.registry,
+                "flops_convention": "FLOPs = 2 x MACs (torch FlopCounterMode); training "
+                                    "FLOPs = measured forward + backward per sample x samples"}
+
+
+class Advisor:
+    """Answers budget questions from a ``RegistryModel``."""
+
+    def __init__(self, model: RegistryModel, *, from_cache: bool = False) -> None:
+        self.model = model
+        self.from_cache = from_cache
+
+    @classmethod
+    def from_registry(cls, settings: MlflowSettings, dataset: str = "mnist", *,
+                      refresh: bool = False, on_status: Callable[[str], None] = lambda _: None
+                      ) -> Advisor:
+        """Fit (or load the cached fits of) the registry's models of ``dataset``."""
+        model, cached = load_registry_model(settings, dataset, refresh=refresh,
+                                            on_status=on_status)
+        return cls(model, from_cache=cached)
+
+    # -- choosing ----------------------------------------------------------------------
+
+    def _families(self, families: Sequence[str] | None) -> list[FamilyModel]:
+        if not families:
+            return list(self.model.families.values())
+        chosen = []
+        for name in families:
+            if name not in self.model.zoo:
+                raise MlscaleError(f"unknown architecture {name!r}; choose one of: "
+                                   f"{', '.join(self.model.zoo)}")
+            if name not in self.model.families:
+                why = self.model.skipped.get(name, "no registered models")
+                raise MlscaleError(f"no scaling fit for {name} on {self.model.dataset}: {why}")
+            chosen.append(self.model.families[name])
+        return chosen
+
+    def _losses(self, fm: FamilyModel, budgets: NDArray[np.float64],
+                max_latency_ms: float | None) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Predicted loss of every grid configuration at every budget (inf: not allowed),
+        and the samples each would see; shapes (budgets, configurations)."""
+        grid = fm.candidates
+        samples = np.floor(budgets[:, None] / grid["train_flops_per_sample"].to_numpy()[None])
+        allowed = samples >= MIN_SAMPLES
+        if max_latency_ms is not None:
+            if fm.latency is None:
+                allowed &= False
+            else:
+                p90, _, _ = fm.latency.predict(grid["flops_per_sample"].to_numpy())
+                allowed &= (p90 <= max_latency_ms)[None]
+        params = np.broadcast_to(grid["params"].to_numpy(dtype=float)[None], samples.shape)
+        loss = fm.loss_fit.predict(N=params, D=np.maximum(samples, 1.0),
+                                   unique=self.model.unique)
+        return np.where(allowed, loss, np.inf), samples
+
+    def _best(self, families: list[FamilyModel], budgets: NDArray[np.float64],
+              max_latency_ms: float | None) -> list[tuple[FamilyModel, int] | None]:
+        """Per budget, the (family, grid row) with the lowest predicted loss."""
+        best: list[tuple[float, FamilyModel, int] | None] = [None] * len(budgets)
+        for fm in families:
+            loss, _ = self._losses(fm, budgets, max_latency_ms)
+            rows = np.argmin(loss, axis=1)
+            for i, row in enumerate(rows):
+                value, current = float(loss[i, row]), best[i]
+                if np.isfinite(value) and (current is None or value < current[0]):
+                    best[i] = (value, fm, int(row))
+        return [None if b is None else (b[1], b[2]) for b in best]
+
+    def _accuracy(self, fm: FamilyModel, row: int, budget: float) -> float:
+        grid = fm.candidates.iloc[row]
+        samples = math.floor(budget / grid["train_flops_per_sample"])
+        error = fm.error_fit.predict(N=float(grid["params"]), D=float(samples),
+                                     unique=self.model.unique)
+        return float(1 - error)
+
+    def _option(self, fm: FamilyModel, row: int, budget: float) -> Option:
+        grid = fm.candidates.iloc[row]
+        samples = math.floor(budget / grid["train_flops_per_sample"])
+        unique = self.model.unique
+        loss = _estimate(fm.loss_fit, float(grid["params"]), samples, unique)
+        error = _estimate(fm.error_fit, float(grid["params"]), samples, unique)
+        accuracy = Estimate(1 - error.value,
+                            None if error.upper is None else max(0.0, 1 - error.upper),
+                            None if error.lower is None else 1 - error.lower)
+        latency = None
+        if fm.latency is not None:
+            value, lower, upper = fm.latency.predict([grid["flops_per_sample"]])
+            latency = Estimate(float(value[0]), float(lower[0]), float(upper[0]))
+        return Option(
+            family=fm.family, width=float(grid["width"]), depth=int(grid["depth"]),
+            params=int(grid["params"]), flops_per_sample=int(grid["flops_per_sample"]),
+            train_flops_per_sample=int(grid["train_flops_per_sample"]),
+            train_flops=float(samples * grid["train_flops_per_sample"]), samples_seen=samples,
+            epochs=samples / unique,
+            effective_samples=float(effective_data(samples, unique, fm.loss_fit.r_star)),
+            predicted_test_loss=loss, predicted_accuracy=accuracy,
+            predicted_latency_p90_ms=latency)
+
+    def _smallest_budget(self, families: list[FamilyModel]) -> float:
+        return min(float(fm.candidates["train_flops_per_sample"].min()) * MIN_SAMPLES
+                   for fm in families)
+
+    def _least_budget(self, families: list[FamilyModel], low: float, high: float,
+                      reaches: Callable[[FamilyModel, int, float], bool],
+                      max_latency_ms: float | None) -> float | None:
+        """The least budget in [low, high] whose best configuration ``reaches`` the goal:
+        a log grid, then bisection between the last miss and the first hit."""
+        decades = max(math.log10(high / low), 1e-9)
+        budgets = np.geomspace(low, high, max(2, math.ceil(decades * GRID_PER_DECADE) + 1))
+        best = self._best(families, budgets, max_latency_ms)
+        hits = [i for i, b in enumerate(best) if b is not None and reaches(b[0], b[1], budgets[i])]
+        if not hits:
+            return None
+        if hits[0] == 0:
+            return float(budgets[0])
+        lo, hi = math.log(budgets[hits[0] - 1]), math.log(budgets[hits[0]])
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            found = self._best(families, np.array([math.exp(mid)]), max_latency_ms)[0]
+            if found is not None and reaches(found[0], found[1], math.exp(mid)):
+                hi = mid
+            else:
+                lo = mid
+        return math.exp(hi)
+
+    # -- answering ---------------------------------------------------------------------
+
+    def advise(self, budget_flops: float, *, families: Sequence[str] | None = None,
+               max_latency_ms: float | None = None) -> Advice:
+        """The best configuration for ``budget_flops`` training FLOPs, with alternatives."""
+        _check_positive(budget_flops, "--flops")
+        if max_latency_ms is not None:
+            _check_positive(max_latency_ms, "--max-latency-ms")
+        chosen = self._families(families)
+        budgets = np.array([float(budget_flops)])
+        found = self._best(chosen, budgets, max_latency_ms)[0]
+        if found is None:
+            smallest = self._smallest_budget(chosen)
+            if budget_flops < smallest:
+                raise MlscaleError(f"a budget of {budget_flops:.3g} FLOPs is too small: the "
+                                   f"cheapest configuration needs {smallest:.3g} FLOPs for "
+                                   f"{MIN_SAMPLES} samples")
+            raise MlscaleError(f"no configuration is predicted to serve within {max_latency_ms} "
+                               "ms at p90 (batch 1); raise --max-latency-ms")
+        fm, row = found
+        option = self._option(fm, row, budget_flops)
+        alternatives = self._alternatives(chosen, option, budget_flops, max_latency_ms)
+        return Advice(
+            dataset=self.model.dataset, budget_flops=float(budget_flops), recommendation=option,
+            nearest_registered_model=_nearest_run(fm, option),
+            alternatives=alternatives,
+            warnings=self._warnings(fm, option, budget_flops, alternatives),
+            train_command=(f"mlscale train --arch {option.family} --width {option.width:g} "
+                           f"--depth {option.depth} --max-train-flops {option.train_flops:.6g} "
+                           f"--dataset {self.model.dataset}"),
+            fits={name: _fit_summary(f) for name, f in self.model.families.items()},
+            families=[f.family for f in chosen], max_latency_ms=max_latency_ms,
+            registry={"versions": self.model.versions, "fingerprint": self.model.fingerprint,
+                      "from_cache": self.from_cache, "unique_samples": self.model.unique,
+                      "families_without_fit": self.model.skipped})
+
+    def least_flops(self, target_accuracy: float, *, families: Sequence[str] | None = None,
+                    max_latency_ms: float | None = None) -> Advice:
+        """The least budget predicted to reach ``target_accuracy``, answered as ``advise``."""
+        if not (isinstance(target_accuracy, int | float) and 0 < target_accuracy < 1):
+            raise MlscaleError(f"--target-accuracy must be in (0, 1), got {target_accuracy}")
+        chosen = self._families(families)
+        low = self._smallest_budget(chosen)
+        ceiling = 1e24  # far past any sane budget: what "unbounded compute" means here
+
+        def reaches(fm: FamilyModel, row: int, budget: float) -> bool:
+            return self._accuracy(fm, row, budget) >= target_accuracy
+
+        least = self._least_budget(chosen, low, ceiling, reaches, max_latency_ms)
+        if least is None:
+            best = self._best(chosen, np.array([ceiling]), max_latency_ms)[0]
+            top = "no configuration" if best is None else \
+                f"{self._accuracy(best[0], best[1], ceiling):.3%} ({best[0].family})"
+            raise MlscaleError(f"no configuration is predicted to reach {target_accuracy:.2%} "
+                               f"test accuracy on {self.model.dataset}; the best with "
+                               f"unbounded compute is {top}")
+        advice = self.advise(least, families=families, max_latency_ms=max_latency_ms)
+        advice.target_accuracy = float(target_accuracy)
+        return advice
+
+    def _alternatives(self, chosen: list[FamilyModel], best: Option, budget: float,
+                      max_latency_ms: float | None) -> list[dict[str, Any]]:
+        alternatives = []
+        goal = best.predicted_accuracy.value - SAME_ACCURACY
+        low = min(self._smallest_budget(chosen), budget)
+
+        def close_enough(fm: FamilyModel, row: int, c: float) -> bool:
+            return self._accuracy(fm, row, c) >= goal
+
+        cheapest = self._least_budget(chosen, low, budget, close_enough, max_latency_ms)
+        if cheapest is not None:
+            found = self._best(chosen, np.array([cheapest]), max_latency_ms)[0]
+            assert found is not None
+            alternatives.append({
+                "kind": "cheapest_within_0.1_points",
+                "why": f"{cheapest / budget:.1%} of the budget for accuracy within 0.1 points",
+                "option": self._option(found[0], found[1], cheapest)})
+        fastest = self._fastest_within(chosen, goal, budget, max_latency_ms)
+        if fastest is not None and (fastest.family, fastest.width, fastest.depth) != (
+                best.family, best.width, best.depth):
+            assert fastest.predicted_latency_p90_ms is not None
+            alternatives.append({
+                "kind": "fastest_within_0.1_points",
+                "why": f"p90 {fastest.predicted_latency_p90_ms.value:.3g} ms at batch 1 for "
+                       "accuracy within 0.1 points",
+                "option": fastest})
+        if max_latency_ms is not None:
+            free = self._best(chosen, np.array([budget]), None)[0]
+            if free is not None:
+                option = self._option(free[0], free[1], budget)
+                if option.predicted_test_loss.value < best.predicted_test_loss.value:
+                    alternatives.append({
+                        "kind": "best_without_latency_limit",
+                        "why": f"what the {max_latency_ms:g} ms limit costs",
+                        "option": option})
+        for fm in chosen:
+            if fm.family == best.family:
+                continue
+            found = self._best([fm], np.array([budget]), max_latency_ms)[0]
+            if found is not None:
+                alternatives.append({"kind": f"best_{fm.family}",
+                                     "why": f"the best {fm.family} for this budget",
+                                     "option": self._option(found[0], found[1], budget)})
+        return alternatives
+
+    def _fastest_within(self, chosen: list[FamilyModel], goal: float, budget: float,
+                        max_latency_ms: float | None) -> Option | None:
+        """The configuration with the lowest predicted p90 among those within 0.1 points."""
+        fastest: tuple[float, FamilyModel, int] | None = None
+        for fm in chosen:
+            if fm.latency is None:
+                continue
+            loss, samples = self._losses(fm, np.array([budget]), max_latency_ms)
+            grid = fm.candidates
+            error = fm.error_fit.predict(N=grid["params"].to_numpy(dtype=float),
+                                         D=np.maximum(samples[0], 1.0), unique=self.model.unique)
+            p90, _, _ = fm.latency.predict(grid["flops_per_sample"].to_numpy())
+            ok = np.isfinite(loss[0]) & (1 - error >= goal)
+            if ok.any():
+                row = int(np.flatnonzero(ok)[np.argmin(p90[ok])])
+                if fastest is None or p90[row] < fastest[0]:
+                    fastest = (float(p90[row]), fm, row)
+        return None if fastest is None else self._option(fastest[1], fastest[2], budget)
+
+    def _warnings(self, fm: FamilyModel, option: Option, budget: float,
+                  alternatives: list[dict[str, Any]]) -> list[str]:
+        warnings = []
+        cheapest = next((a["option"] for a in alternatives
+                         if a["kind"] == "cheapest_within_0.1_points"), None)
+        if cheapest is not None and cheapest.train_flops <= budget / 2:
+            warnings.append(
+                f"saturated: more compute buys under 0.1 accuracy points here; "
+                f"{cheapest.train_flops:.2g} FLOPs gets the same "
+                f"({cheapest.predicted_accuracy.value:.2%} vs "
+                f"{option.predicted_accuracy.value:.2%} predicted)")
+        if option.epochs > 1:
+            warnings.append(
+                f"limited data: {option.samples_seen:,} samples seen are {option.epochs:.3g} "
+                f"epochs of the {self.model.unique:,} unique training samples; repeats count "
+                f"as {option.effective_samples:,.0f} effective samples "
+                f"({option.effective_samples / option.samples_seen:.0%} of face value)")
+        if fm.saturation_flops is not None and budget > fm.saturation_flops:
+            warnings.append(
+                f"the registered {fm.family} runs stop gaining 0.1 points per 10x of compute "
+                f"at {fm.saturation_flops:.2g} FLOPs (LOWESS over {len(fm.runs)} runs)")
+        ratio = budget / fm.largest_run_flops
+        loss = option.predicted_test_loss
+        if ratio > EXTRAPOLATION_FACTOR:
+            band = "" if loss.lower is None or loss.upper is None else (
+                f"; the 95% interval on test loss widens to [{loss.lower:.4g}, {loss.upper:.4g}]")
+            warnings.append(
+                f"extrapolation: the budget is {ratio:.3g}x the largest {fm.family} run fitted "
+                f"({fm.largest_run_flops:.3g} FLOPs){band}")
+        size_ratio = option.params / fm.largest_params
+        if size_ratio > EXTRAPOLATION_FACTOR:
+            warnings.append(
+                f"extrapolation: {option.params:,} parameters are {size_ratio:.3g}x the largest "
+                f"{fm.family} model fitted ({fm.largest_params:,.0f})")
+        if fm.latency is not None and fm.latency.pooled:
+            warnings.append(f"latency of {fm.family} is predicted from all families' models "
+                            f"(it has too few timed models of its own)")
+        if loss.lower is None or loss.upper is None:
+            warnings.append(f"no interval: the {fm.family} fit's covariance could not be "
+                            "estimated")
+        elif loss.upper / loss.lower > WEAK_FIT_SPAN:
+            warnings.append(
+                f"weak fit: the 95% interval on test loss spans {loss.upper / loss.lower:.3g}x "
+                f"({fm.loss_fit.nobs} {fm.family} runs); register runs nearer this budget")
+        return warnings
+
+
+def _check_positive(value: float, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            math.isfinite(value) and value > 0):
+        raise MlscaleError(f"{name} must be a positive finite number, got {value}")
+
+
+def _estimate(fit: ScalingFit, params: float, samples: int, unique: int) -> Estimate:
+    """The prediction and its 95% prediction interval (the fit's parameter covariance and
+    its run-to-run scatter, by the delta method on log loss)."""
+    value, lower, upper = (float(v) for v in fit.predict_interval(N=params, D=samples,
+                                                                    unique=unique))
+    if not (math.isfinite(lower) and math.isfinite(upper)):
+        return Estimate(value, None, None)
+    return Estimate(value, lower, upper)
+
+
+def _nearest_run(fm: FamilyModel, option: Option) -> dict[str, Any]:
+    """The registered run of the family closest in log parameters and log training FLOPs."""
+    runs = fm.runs
+    distance = (np.log10(runs["params"] / option.params) ** 2
+                + np.log10(runs["train_flops"] / option.train_flops) ** 2)
+    row = runs.loc[distance.idxmin()]
+    keys = ["model_uri", "run_name", "params", "train_flops", "samples_seen", "test_accuracy",
+            "test_loss", "latency_p90_ms"]
+    return {key: _plain(row[key]) for key in keys}
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python numbers, NaN as None (JSON-ready)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _fit_summary(fm: FamilyModel) -> dict[str, Any]:
+    fit = fm.loss_fit
+    return {"runs": int(fit.nobs), "law": fit.law.formula + " (D effective)",
+            "params": {k: float(v) for k, v in fit.params.items()},
+            "rmse_log_loss": float(fit.rmse), "largest_run_flops": fm.largest_run_flops,
+            "saturation_flops": fm.saturation_flops,
+            "latency_model": None if fm.latency is None else
+            ("pooled over families" if fm.latency.pooled else f"{fm.latency.nobs} models")}
+

@@ -1,0 +1,158 @@
+"""`mlscale budget` on a real registry: a LeNet-5 grid trained on MNIST and two VGG runs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from mlscale.budget import Advisor
+from mlscale.cli import cli, main
+from mlscale.errors import MlscaleError
+from mlscale.tracking import load_settings
+
+
+@pytest.fixture(scope="module")
+def advisor(lenet_grid_store: str) -> Advisor:
+    return Advisor.from_registry(load_settings(lenet_grid_store), "mnist", refresh=True)
+
+
+def _run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    captured = capsys.readouterr()
+    return int(exit_info.value.code or 0), captured.out, captured.err
+
+
+def test_the_advisor_fits_the_families_that_have_enough_runs(advisor: Advisor) -> None:
+    assert set(advisor.model.families) == {"lenet5"}
+    assert "2 usable runs" in advisor.model.skipped["vgg_mini"]
+    lenet = advisor.model.families["lenet5"]
+    assert lenet.loss_fit.nobs == 25 and lenet.error_fit.nobs == 25
+    assert lenet.loss_fit.params["alpha"] > 0 and lenet.loss_fit.params["beta"] > 0
+    assert lenet.latency is not None and lenet.latency.params[1] > 0  # more FLOPs, slower
+    assert advisor.model.unique == 55_000
+
+
+def test_more_budget_never_predicts_a_worse_loss(advisor: Advisor) -> None:
+    budgets = np.geomspace(3e9, 1e16, 12)
+    answers = [advisor.advise(float(c)) for c in budgets]
+    losses = [a.recommendation.predicted_test_loss.value for a in answers]
+    assert all(later <= earlier + 1e-12 for earlier, later in itertools.pairwise(losses))
+    assert losses[-1] < losses[0]
+    for budget, answer in zip(budgets, answers, strict=True):
+        option = answer.recommendation
+        assert option.train_flops <= budget
+        assert budget - option.train_flops < option.train_flops_per_sample  # within a sample
+        loss = option.predicted_test_loss
+        assert loss.lower is not None and loss.upper is not None
+        assert loss.lower < loss.value < loss.upper
+
+
+def test_the_latency_limit_is_respected(advisor: Advisor) -> None:
+    free = advisor.advise(1e14)
+    p90 = free.recommendation.predicted_latency_p90_ms
+    assert p90 is not None
+    limit = p90.value / 2
+    limited = advisor.advise(1e14, max_latency_ms=limit)
+    limited_p90 = limited.recommendation.predicted_latency_p90_ms
+    assert limited_p90 is not None and limited_p90.value <= limit
+    kinds = {alt["kind"]: alt["option"] for alt in limited.alternatives}
+    assert kinds["best_without_latency_limit"].params == free.recommendation.params
+    assert (limited.recommendation.predicted_test_loss.value
+            >= free.recommendation.predicted_test_loss.value)
+    with pytest.raises(MlscaleError, match="raise --max-latency-ms"):
+        advisor.advise(1e14, max_latency_ms=1e-9)
+
+
+def test_the_inverse_agrees_with_the_forward_mode(advisor: Advisor) -> None:
+    forward = advisor.advise(3e12)
+    target = forward.recommendation.predicted_accuracy.value
+    inverse = advisor.least_flops(target)
+    assert inverse.target_accuracy == target
+    assert inverse.budget_flops <= 3e12 * 1.001
+    assert inverse.recommendation.predicted_accuracy.value >= target
+    assert advisor.advise(inverse.budget_flops * 0.99).recommendation.predicted_accuracy.value \
+        < target
+    with pytest.raises(MlscaleError, match=r"no configuration is predicted to reach 99\.99"):
+        advisor.least_flops(0.9999)
+
+
+def test_alternatives_and_warnings(advisor: Advisor) -> None:
+    big = advisor.advise(1e15)
+    kinds = [alt["kind"] for alt in big.alternatives]
+    assert "cheapest_within_0.1_points" in kinds
+    cheapest = big.alternatives[kinds.index("cheapest_within_0.1_points")]["option"]
+    assert cheapest.train_flops < 1e15
+    assert (cheapest.predicted_accuracy.value
+            >= big.recommendation.predicted_accuracy.value - 1e-3 - 1e-9)
+    text = " | ".join(big.warnings)
+    largest = advisor.model.families["lenet5"].largest_run_flops
+    assert f"{1e15 / largest:.3g}x the largest lenet5 run" in text
+    assert "limited data" in text and "epochs of the 55,000 unique" in text
+    assert big.nearest_registered_model["model_uri"].startswith("models:/mnist-lenet5/")
+    small = advisor.advise(largest)
+    assert not any("extrapolation: the budget" in w for w in small.warnings)
+
+
+def test_budget_json_from_the_cli(lenet_grid_store: str) -> None:
+    result = CliRunner().invoke(cli, ["budget", "--flops", "1e13", "--tracking-uri",
+                                      lenet_grid_store, "--json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    for key in ("family", "dials", "params", "samples_seen", "epochs", "predicted_test_loss",
+                "predicted_accuracy", "predicted_latency_p90_ms", "nearest_registered_model",
+                "alternatives", "warnings", "train_command"):
+        assert key in answer, key
+    for key in ("predicted_test_loss", "predicted_accuracy", "predicted_latency_p90_ms"):
+        assert set(answer[key]) == {"value", "lower", "upper"}
+    assert answer["family"] == "lenet5" and set(answer["dials"]) == {"width", "depth"}
+    assert answer["registry"]["from_cache"] is True  # the module's advisor cached the fits
+    text = CliRunner().invoke(cli, ["budget", "--target-accuracy", "0.93", "--tracking-uri",
+                                    lenet_grid_store]).output
+    assert "the least budget predicted to reach 93.00%" in text and "Recommended: lenet5" in text
+
+
+def test_fits_are_refreshed_when_the_registry_changes(lenet_grid_store: str) -> None:
+    settings = load_settings(lenet_grid_store)
+    assert Advisor.from_registry(settings, "mnist").from_cache
+    client = MlflowClient(lenet_grid_store)
+    version = client.search_model_versions("name = 'mnist-vgg_mini'")[0]
+    client.create_model_version(version.name, version.source, version.run_id, tags=version.tags)
+    rebuilt = Advisor.from_registry(settings, "mnist")
+    assert not rebuilt.from_cache
+    assert "3 usable runs" in rebuilt.model.skipped["vgg_mini"]
+    assert Advisor.from_registry(settings, "mnist").from_cache
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--flops", "0"], "--flops must be a positive finite number, got 0.0"),
+    (["--flops", "-1"], "--flops must be a positive finite number, got -1.0"),
+    (["--flops", "abc"], "'abc' is not a valid float"),
+    (["--flops", "nan"], "--flops must be a positive finite number, got nan"),
+    (["--flops", "1e400"], "--flops must be a positive finite number, got inf"),
+    (["--flops", "1"], "too small"),
+    (["--flops", "1e12", "--families", "transformer"], "unknown architecture 'transformer'"),
+    (["--flops", "1e12", "--families", "vgg_mini"], "no scaling fit for vgg_mini"),
+    (["--flops", "1e12", "--max-latency-ms", "-2"], "--max-latency-ms must be a positive"),
+    (["--target-accuracy", "1.5"], "--target-accuracy must be in (0, 1)"),
+    (["--flops", "1e12", "--target-accuracy", "0.9"], "exactly one of"),
+    ([], "exactly one of"),
+])
+def test_bad_input_is_one_line_and_a_nonzero_exit(
+        capsys: pytest.CaptureFixture[str], lenet_grid_store: str, args: list[str],
+        message: str) -> None:
+    code, out, err = _run_main(capsys, "budget", *args, "--tracking-uri", lenet_grid_store)
+    assert code != 0 and out == ""
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_an_empty_registry_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
+                                                fresh_store: str) -> None:
+    code, _, err = _run_main(capsys, "budget", "--flops", "1e15")
+    assert code == 1
+    assert "the registry has no models for dataset 'mnist'" in err and err.count("\n") == 1
