@@ -25,10 +25,16 @@ system-deps:
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# The main job: search under a FLOPs budget, a scaling grid, the registry, a scaling fit,
+# the budget answer for 1e15 FLOPs and the latency report (about 15 minutes on 2 cores).
 demo: setup
 	$(BIN)/mlscale data prepare --dataset mnist
 	$(BIN)/mlscale search pipelines/quickstart.yaml
+	$(BIN)/mlscale search pipelines/lenet_scaling.yaml
 	$(BIN)/mlscale models
+	$(BIN)/mlscale fit --experiment mlscale-mnist --arch lenet5 --law nd
+	$(BIN)/mlscale budget --flops 1e15
+	$(BIN)/mlscale report latency --out reports/latency
 	@echo "Browse every run and registered model: $(BIN)/mlscale ui, then http://127.0.0.1:5000"
 
 lint: setup

@@ -105,6 +105,12 @@ class FamilyModel:
     def largest_params(self) -> float:
         return float(self.runs["params"].max())
 
+    @property
+    def max_epochs(self) -> float:
+        """The most passes over its data any fitted run made: the law is only known to
+        hold up to there, so repeats beyond it are credited nothing."""
+        return float((self.runs["samples_seen"] / self.runs["train_size"]).max())
+
     def to_dict(self) -> dict[str, Any]:
         return {"family": self.family, "loss_fit": self.loss_fit.to_dict(),
                 "error_fit": self.error_fit.to_dict(),

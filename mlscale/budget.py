@@ -137,12 +137,29 @@ class Advisor:
             chosen.append(self.model.families[name])
         return chosen
 
+    def weak_fit_span(self, fm: FamilyModel) -> float:
+        """How many times its lower bound the 95% interval on test loss spans at the
+        family's largest registered run, inside the fitted range (inf: no interval)."""
+        run = fm.runs.loc[fm.runs["train_flops"].idxmax()]
+        _, lower, upper = fm.loss_fit.predict_interval(
+            N=float(run["params"]), D=float(run["samples_seen"]), unique=float(run["train_size"]))
+        span = float(upper / lower)
+        return span if math.isfinite(span) else math.inf
+
+    def _ranked(self, chosen: list[FamilyModel]) -> list[FamilyModel]:
+        """The families whose fits are firm enough to compete for the recommendation (all
+        of them when none is): a weak fit predicts anything, and would win on noise."""
+        firm = [fm for fm in chosen if self.weak_fit_span(fm) <= WEAK_FIT_SPAN]
+        return firm or chosen
+
     def _losses(self, fm: FamilyModel, budgets: NDArray[np.float64],
                 max_latency_ms: float | None) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Predicted loss of every grid configuration at every budget (inf: not allowed),
         and the samples each would see; shapes (budgets, configurations)."""
         grid = fm.candidates
-        samples = np.floor(budgets[:, None] / grid["train_flops_per_sample"].to_numpy()[None])
+        samples = np.minimum(
+            np.floor(budgets[:, None] / grid["train_flops_per_sample"].to_numpy()[None]),
+            self._sample_cap(fm))
         allowed = samples >= MIN_SAMPLES
         if max_latency_ms is not None:
             if fm.latency is None:
@@ -168,16 +185,22 @@ class Advisor:
                     best[i] = (value, fm, int(row))
         return [None if b is None else (b[1], b[2]) for b in best]
 
+    def _sample_cap(self, fm: FamilyModel) -> int:
+        """Samples worth training on: the dataset's unique samples times the most epochs
+        the family's fitted runs made (past that the law is unmeasured, and on a small
+        dataset more passes tend to raise the test loss, not lower it)."""
+        return max(MIN_SAMPLES, math.floor(self.model.unique * fm.max_epochs))
+
     def _accuracy(self, fm: FamilyModel, row: int, budget: float) -> float:
         grid = fm.candidates.iloc[row]
-        samples = math.floor(budget / grid["train_flops_per_sample"])
+        samples = min(math.floor(budget / grid["train_flops_per_sample"]), self._sample_cap(fm))
         error = fm.error_fit.predict(N=float(grid["params"]), D=float(samples),
                                      unique=self.model.unique)
         return float(1 - error)
 
     def _option(self, fm: FamilyModel, row: int, budget: float) -> Option:
         grid = fm.candidates.iloc[row]
-        samples = math.floor(budget / grid["train_flops_per_sample"])
+        samples = min(math.floor(budget / grid["train_flops_per_sample"]), self._sample_cap(fm))
         unique = self.model.unique
         loss = _estimate(fm.loss_fit, float(grid["params"]), samples, unique)
         error = _estimate(fm.error_fit, float(grid["params"]), samples, unique)
@@ -234,8 +257,9 @@ class Advisor:
         if max_latency_ms is not None:
             _check_positive(max_latency_ms, "--max-latency-ms")
         chosen = self._families(families)
+        ranked = self._ranked(chosen)
         budgets = np.array([float(budget_flops)])
-        found = self._best(chosen, budgets, max_latency_ms)[0]
+        found = self._best(ranked, budgets, max_latency_ms)[0]
         if found is None:
             smallest = self._smallest_budget(chosen)
             if budget_flops < smallest:
@@ -246,12 +270,15 @@ class Advisor:
                                "ms at p90 (batch 1); raise --max-latency-ms")
         fm, row = found
         option = self._option(fm, row, budget_flops)
-        alternatives = self._alternatives(chosen, option, budget_flops, max_latency_ms)
+        alternatives = self._alternatives(chosen, ranked, option, budget_flops, max_latency_ms)
         return Advice(
             dataset=self.model.dataset, budget_flops=float(budget_flops), recommendation=option,
             nearest_registered_model=_nearest_run(fm, option),
             alternatives=alternatives,
-            warnings=self._warnings(fm, option, budget_flops, alternatives),
+            warnings=self._warnings(fm, option, budget_flops, alternatives)
+            + [f"{other.family} is not ranked: its fit is weak (the 95% interval on test loss "
+               f"spans {self.weak_fit_span(other):.3g}x even at its largest run); see its "
+               "alternative" for other in chosen if other not in ranked],
             train_command=(f"mlscale train --arch {option.family} --width {option.width:g} "
                            f"--depth {option.depth} --max-train-flops {option.train_flops:.6g} "
                            f"--dataset {self.model.dataset}"),
@@ -266,7 +293,7 @@ class Advisor:
         """The least budget predicted to reach ``target_accuracy``, answered as ``advise``."""
         if not (isinstance(target_accuracy, int | float) and 0 < target_accuracy < 1):
             raise MlscaleError(f"--target-accuracy must be in (0, 1), got {target_accuracy}")
-        chosen = self._families(families)
+        chosen = self._ranked(self._families(families))
         low = self._smallest_budget(chosen)
         ceiling = 1e24  # far past any sane budget: what "unbounded compute" means here
 
@@ -285,24 +312,24 @@ class Advisor:
         advice.target_accuracy = float(target_accuracy)
         return advice
 
-    def _alternatives(self, chosen: list[FamilyModel], best: Option, budget: float,
-                      max_latency_ms: float | None) -> list[dict[str, Any]]:
+    def _alternatives(self, chosen: list[FamilyModel], ranked: list[FamilyModel], best: Option,
+                      budget: float, max_latency_ms: float | None) -> list[dict[str, Any]]:
         alternatives = []
         goal = best.predicted_accuracy.value - SAME_ACCURACY
-        low = min(self._smallest_budget(chosen), budget)
+        low = min(self._smallest_budget(ranked), budget)
 
         def close_enough(fm: FamilyModel, row: int, c: float) -> bool:
             return self._accuracy(fm, row, c) >= goal
 
-        cheapest = self._least_budget(chosen, low, budget, close_enough, max_latency_ms)
+        cheapest = self._least_budget(ranked, low, budget, close_enough, max_latency_ms)
         if cheapest is not None:
-            found = self._best(chosen, np.array([cheapest]), max_latency_ms)[0]
+            found = self._best(ranked, np.array([cheapest]), max_latency_ms)[0]
             assert found is not None
             alternatives.append({
                 "kind": "cheapest_within_0.1_points",
                 "why": f"{cheapest / budget:.1%} of the budget for accuracy within 0.1 points",
                 "option": self._option(found[0], found[1], cheapest)})
-        fastest = self._fastest_within(chosen, goal, budget, max_latency_ms)
+        fastest = self._fastest_within(ranked, goal, budget, max_latency_ms)
         if fastest is not None and (fastest.family, fastest.width, fastest.depth) != (
                 best.family, best.width, best.depth):
             assert fastest.predicted_latency_p90_ms is not None
@@ -312,7 +339,7 @@ class Advisor:
                        "accuracy within 0.1 points",
                 "option": fastest})
         if max_latency_ms is not None:
-            free = self._best(chosen, np.array([budget]), None)[0]
+            free = self._best(ranked, np.array([budget]), None)[0]
             if free is not None:
                 option = self._option(free[0], free[1], budget)
                 if option.predicted_test_loss.value < best.predicted_test_loss.value:
@@ -325,8 +352,9 @@ class Advisor:
                 continue
             found = self._best([fm], np.array([budget]), max_latency_ms)[0]
             if found is not None:
+                weak = "" if fm in ranked else " (weak fit: not ranked)"
                 alternatives.append({"kind": f"best_{fm.family}",
-                                     "why": f"the best {fm.family} for this budget",
+                                     "why": f"the best {fm.family} for this budget{weak}",
                                      "option": self._option(found[0], found[1], budget)})
         return alternatives
 
@@ -360,6 +388,13 @@ class Advisor:
                 f"{cheapest.train_flops:.2g} FLOPs gets the same "
                 f"({cheapest.predicted_accuracy.value:.2%} vs "
                 f"{option.predicted_accuracy.value:.2%} predicted)")
+        if option.train_flops < budget - option.train_flops_per_sample:
+            warnings.append(
+                f"epochs capped: the fitted {fm.family} runs made at most {fm.max_epochs:.3g} "
+                f"passes over their data, so the law is unmeasured past {fm.max_epochs:.3g} "
+                f"epochs (and more passes over small data tend to raise test loss); the "
+                f"recommendation stops there and leaves {budget - option.train_flops:.3g} "
+                "FLOPs unspent")
         if option.epochs > 1:
             warnings.append(
                 f"limited data: {option.samples_seen:,} samples seen are {option.epochs:.3g} "

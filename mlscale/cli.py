@@ -477,6 +477,43 @@ def _print_advice(advice: Any) -> None:
         click.echo("Not fitted: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
 
 
+@cli.group()
+def report() -> None:
+    """Reports over the registry."""
+
+
+@report.command("latency")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="reports/latency",
+              show_default=True, help="Folder for the HTML page, the Markdown and the plots.")
+@click.option("--models", "models", multiple=True,
+              help="NAME, models:/NAME/VERSION or models:/NAME@ALIAS; repeat or comma-separate "
+                   "(default: every registered version).")
+@click.option("--dataset", default=None, help="Only this dataset's models.")
+@click.option("--no-log", is_flag=True, help="Do not log the report to MLflow.")
+@tracking_option
+@json_option
+def report_latency(out_dir: str, models: tuple[str, ...], dataset: str | None, no_log: bool,
+                   tracking_uri: str | None, as_json: bool) -> None:
+    """What each registered model costs to serve: latency percentiles at every batch size,
+    throughput, torch vs ONNX Runtime, accuracy against latency and FLOPs with the Pareto
+    front; as self-contained HTML and Markdown, logged to MLflow."""
+    from mlscale.report import latency_report
+    from mlscale.tracking import load_settings
+
+    names = [name.strip() for spec in models for name in spec.split(",") if name.strip()]
+    result = latency_report(load_settings(tracking_uri), out_dir, models=names or None,
+                            dataset=dataset, log=not no_log)
+    if as_json:
+        _print_json({"html": str(result.html), "markdown": str(result.markdown),
+                     "plots": [str(p) for p in result.plots], "models": result.models,
+                     "mlflow_run_id": result.mlflow_run_id})
+        return
+    click.echo(f"latency report of {result.models} models: {result.html.resolve()}")
+    click.echo(f"markdown: {result.markdown.resolve()}")
+    if result.mlflow_run_id:
+        click.echo(f"logged to MLflow run {result.mlflow_run_id} (experiment mlscale-reports)")
+
+
 def _parse_batch_sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(part) for part in text.split(","))

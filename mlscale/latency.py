@@ -80,6 +80,14 @@ class LatencyReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> LatencyReport:
+        """The report ``to_dict`` wrote (as logged in every run's latency.json)."""
+        torch_batch1 = payload.get("torch_batch1")
+        return cls([LatencyStats(**s) for s in payload["onnx"]],
+                   None if torch_batch1 is None else LatencyStats(**torch_batch1),
+                   int(payload["threads"]), str(payload["cpu"]), dict(payload.get("versions", {})))
+
 
 def default_threads() -> int:
     """The cores this process may run on."""

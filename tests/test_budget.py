@@ -36,6 +36,7 @@ def test_the_advisor_fits_the_families_that_have_enough_runs(advisor: Advisor) -
     assert lenet.loss_fit.params["alpha"] > 0 and lenet.loss_fit.params["beta"] > 0
     assert lenet.latency is not None and lenet.latency.params[1] > 0  # more FLOPs, slower
     assert advisor.model.unique == 55_000
+    assert advisor.weak_fit_span(lenet) < 10  # firm enough to be ranked
 
 
 def test_more_budget_never_predicts_a_worse_loss(advisor: Advisor) -> None:
@@ -44,10 +45,13 @@ def test_more_budget_never_predicts_a_worse_loss(advisor: Advisor) -> None:
     losses = [a.recommendation.predicted_test_loss.value for a in answers]
     assert all(later <= earlier + 1e-12 for earlier, later in itertools.pairwise(losses))
     assert losses[-1] < losses[0]
+    max_epochs = advisor.model.families["lenet5"].max_epochs
     for budget, answer in zip(budgets, answers, strict=True):
         option = answer.recommendation
         assert option.train_flops <= budget
-        assert budget - option.train_flops < option.train_flops_per_sample  # within a sample
+        # the budget is spent to within a sample, unless the epochs the fits measured run out
+        assert (budget - option.train_flops < option.train_flops_per_sample
+                or option.samples_seen == int(advisor.model.unique * max_epochs))
         loss = option.predicted_test_loss
         assert loss.lower is not None and loss.upper is not None
         assert loss.lower < loss.value < loss.upper
@@ -93,7 +97,10 @@ def test_alternatives_and_warnings(advisor: Advisor) -> None:
     text = " | ".join(big.warnings)
     largest = advisor.model.families["lenet5"].largest_run_flops
     assert f"{1e15 / largest:.3g}x the largest lenet5 run" in text
-    assert "limited data" in text and "epochs of the 55,000 unique" in text
+    option = big.recommendation
+    assert option.epochs <= advisor.model.families["lenet5"].max_epochs == 1.0
+    assert "epochs capped: the fitted lenet5 runs made at most 1 passes" in text
+    assert f"leaves {1e15 - option.train_flops:.3g} FLOPs unspent" in text
     assert big.nearest_registered_model["model_uri"].startswith("models:/mnist-lenet5/")
     small = advisor.advise(largest)
     assert not any("extrapolation: the budget" in w for w in small.warnings)

@@ -6,7 +6,6 @@ Set MLSCALE_SCREENSHOT_DIR to keep the screenshots (the README's come from here)
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,19 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _chromium import chromium, needs_chromium, screenshot
 
 from mlscale.tracking import load_settings, train_and_register
 from mlscale.train import TrainConfig
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None and not os.environ.get("CI"),
-    reason="needs Debian's chromium (make test installs it)",
-)
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-                  "--window-size=1400,1000", "--virtual-time-budget=20000"]
+pytestmark = needs_chromium
 
 
 def _free_port() -> int:
@@ -66,30 +58,18 @@ def ui_url(fresh_store: str, tmp_path: Path) -> Iterator[str]:
         server.wait(timeout=30)
 
 
-def _chromium(url: str, user_dir: Path, *extra: str) -> str:
-    assert CHROMIUM is not None, "chromium is not installed: run `make setup`"
-    completed = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={user_dir}",
-                                *extra, url], capture_output=True, text=True, timeout=120)
-    return completed.stdout
-
-
-def _screenshot(url: str, user_dir: Path, path: Path) -> None:
-    _chromium(url, user_dir, f"--screenshot={path}")
-    assert path.stat().st_size > 10_000  # a rendered page, not a blank one
-
-
 def test_the_ui_shows_registered_models_and_their_cost_cards(ui_url: str,
                                                               tmp_path: Path) -> None:
-    models_page = _chromium(f"{ui_url}/#/models", tmp_path / "chromium", "--dump-dom")
+    models_page = chromium(f"{ui_url}/#/models", tmp_path / "chromium", "--dump-dom")
     assert "mnist-lenet5" in models_page
-    version_page = _chromium(f"{ui_url}/#/models/mnist-lenet5/versions/2",
+    version_page = chromium(f"{ui_url}/#/models/mnist-lenet5/versions/2",
                              tmp_path / "chromium", "--dump-dom")
     for tag in ("params", "flops_per_sample", "train_flops", "test_accuracy", "test_loss",
                 "latency_p50_ms", "latency_p90_ms", "throughput", "61706"):
         assert tag in version_page, tag
     assert "champion" in version_page
     shots = Path(os.environ.get("MLSCALE_SCREENSHOT_DIR", tmp_path))
-    _screenshot(f"{ui_url}/#/models/mnist-lenet5", tmp_path / "chromium",
+    screenshot(f"{ui_url}/#/models/mnist-lenet5", tmp_path / "chromium",
                 shots / "ui-models.png")
-    _screenshot(f"{ui_url}/#/models/mnist-lenet5/versions/2", tmp_path / "chromium",
+    screenshot(f"{ui_url}/#/models/mnist-lenet5/versions/2", tmp_path / "chromium",
                 shots / "ui-model-version.png")

@@ -1,0 +1,310 @@
+"""The deployment-latency report: what each registered model costs to serve.
+
+One self-contained HTML page (plots embedded) and a Markdown twin (plots beside it):
+per model, ONNX Runtime latency percentiles and throughput at every batch size measured,
+torch eager against ONNX Runtime at batch 1; across models, accuracy against latency and
+against FLOPs with the Pareto front, and per family cost-efficiency fronts (accuracy
+against training FLOPs, parameters and latency); the machine, threads and versions the
+latency was measured with. The figures come from each version's cost card and its run's
+``latency.json``; the report is logged to MLflow as an artifact.
+
+>>> result = latency_report(load_settings(), "reports/latency")  # doctest: +SKIP
+>>> result.html.name                                             # doctest: +SKIP
+'latency_report.html'
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlscale.errors import MlscaleError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlscale.latency import LatencyReport
+    from mlscale.tracking import MlflowSettings
+
+__all__ = ["REPORT_EXPERIMENT", "ReportResult", "latency_report", "select_models"]
+
+REPORT_EXPERIMENT = "mlscale-reports"
+HTML_NAME, MARKDOWN_NAME = "latency_report.html", "latency_report.md"
+SUMMARY_COLUMNS = [  # (header, column, format)
+    ("model", "model_uri", "{}"), ("family", "arch", "{}"), ("params", "params", "{:,.0f}"),
+    ("FLOPs/sample", "flops_per_sample", "{:,.0f}"), ("test acc", "test_accuracy", "{:.2%}"),
+    ("p50 ms", "latency_p50_ms", "{:.4f}"), ("p90 ms", "latency_p90_ms", "{:.4f}"),
+    ("p99 ms", "latency_p99_ms", "{:.4f}"), ("torch p50 ms", "torch_p50_ms", "{:.4f}"),
+    ("ORT speed-up", "ort_speedup", "{:.2f}x"), ("best samples/s", "throughput", "{:,.0f}"),
+]
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f0f3f7} td:first-child,th:first-child{text-align:left}
+tr.front td{background:#eef8ee} img{max-width:100%;border:1px solid #ddd;margin:.5em 0}
+.pair img{width:49%}
+details{margin:.3em 0} summary{cursor:pointer;font-weight:600}
+.note{color:#555;font-size:13px}
+"""
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """Where the report went and what it covers."""
+
+    html: Path
+    markdown: Path
+    plots: list[Path]
+    models: int
+    mlflow_run_id: str | None
+
+
+def select_models(frame: pd.DataFrame, models: Sequence[str] | None) -> pd.DataFrame:
+    """Rows of ``models_frame`` named by ``models``: a registered model name (every
+    version), ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``. None: every row."""
+    if not models:
+        return frame
+    keep = frame["name"] != frame["name"]  # all False, aligned with frame
+    for spec in models:
+        target = spec.removeprefix("models:/")
+        if "@" in target:
+            name, alias = target.split("@", 1)
+            match = (frame["name"] == name) & frame["aliases"].str.split(",").apply(
+                lambda aliases, alias=alias: alias in aliases)
+        elif "/" in target:
+            name, version = target.split("/", 1)
+            match = (frame["name"] == name) & (frame["version"].astype(str) == version)
+        else:
+            match = frame["name"] == target
+        if not match.any():
+            raise MlscaleError(f"no registered model version matches {spec!r}")
+        keep |= match
+    return frame[keep]
+
+
+def _load_latency(frame: pd.DataFrame) -> dict[str, LatencyReport]:
+    """Each version's latency.json (by model URI); versions without one are left out."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from mlscale.latency import LatencyReport
+
+    reports = {}
+    for row in frame.itertuples():
+        try:
+            payload = mlflow.artifacts.load_dict(f"runs:/{row.run_id}/latency.json")
+        except (MlflowException, OSError, ValueError):
+            continue
+        reports[str(row.model_uri)] = LatencyReport.from_dict(payload)
+    return reports
+
+
+def _summary_frame(frame: pd.DataFrame, reports: dict[str, LatencyReport]) -> pd.DataFrame:
+    """The cost card plus torch eager batch-1 p50 and ONNX Runtime's speed-up over it."""
+    from mlscale.scaling import pareto_front
+
+    torch_p50 = {uri: r.torch_batch1.p50_ms for uri, r in reports.items() if r.torch_batch1}
+    summary = frame.assign(torch_p50_ms=frame["model_uri"].map(torch_p50))
+    summary["ort_speedup"] = summary["torch_p50_ms"] / summary["latency_p50_ms"]
+    timed = summary.dropna(subset=["latency_p90_ms", "test_accuracy"])
+    front = pareto_front(timed, "latency_p90_ms", "test_accuracy", minimize_value=False)
+    summary["on_front"] = summary.index.isin(front.index)
+    return summary.sort_values("latency_p90_ms").reset_index(drop=True)
+
+
+def _plots(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Accuracy against latency and against FLOPs (overall Pareto front), and per-family
+    cost-efficiency fronts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mlscale.scaling import efficiency_fronts, pareto_front
+
+    families = sorted(summary["arch"].dropna().unique())
+    colours = {family: f"C{i % 10}" for i, family in enumerate(families)}
+    paths = []
+    for cost, label, name in (("latency_p90_ms", "p90 latency at batch 1 (ms)",
+                               "accuracy_vs_latency.png"),
+                              ("flops_per_sample", "forward FLOPs per sample",
+                               "accuracy_vs_flops.png")):
+        figure, axes = plt.subplots(figsize=(6.4, 4.4))
+        usable = summary.dropna(subset=[cost, "test_accuracy"])
+        for family in families:
+            rows = usable[usable["arch"] == family]
+            axes.scatter(rows[cost], rows["test_accuracy"], s=18, color=colours[family],
+                         label=family, alpha=0.8)
+        if not usable.empty:
+            front = pareto_front(usable, cost, "test_accuracy", minimize_value=False)
+            axes.step(front[cost], front["test_accuracy"], where="post", color="black",
+                      linewidth=1, label="Pareto front")
+        axes.set(xscale="log", xlabel=label, ylabel="test accuracy",
+                 title=f"accuracy vs {label.split(' (')[0]}")
+        axes.legend(fontsize=7)
+        paths.append(_save(figure, out_dir / name))
+    fronts = efficiency_fronts(summary)
+    costs = (("train_flops", "training FLOPs"), ("params", "parameters"),
+             ("latency_p90_ms", "p90 ms, batch 1"))
+    figure, axes_row = plt.subplots(1, 3, figsize=(13, 4.2), sharey=True)
+    for axes, (cost, label) in zip(axes_row, costs, strict=True):
+        for family in families:
+            rows = summary[summary["arch"] == family]
+            axes.scatter(rows[cost], rows["test_accuracy"], s=10, color=colours[family],
+                         alpha=0.35)
+            front = fronts[(fronts["arch"] == family) & (fronts["cost"] == cost)]
+            axes.plot(front["cost_value"], front["value"], marker="o", markersize=3,
+                      color=colours[family], label=family)
+        axes.set(xscale="log", xlabel=label)
+    axes_row[0].set_ylabel("test accuracy")
+    axes_row[0].legend(fontsize=7)
+    figure.suptitle("cost-efficiency: each family's Pareto front")
+    paths.append(_save(figure, out_dir / "cost_efficiency.png"))
+    return paths
+
+
+def _save(figure: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None or value != value:  # None or NaN
+        return ""
+    return fmt.format(value)
+
+
+def _setups(reports: dict[str, LatencyReport]) -> list[str]:
+    """Each distinct measuring set-up (CPU, threads, versions) and how many models used it."""
+    counts: dict[str, int] = {}
+    for report in reports.values():
+        versions = ", ".join(f"{name} {v}" for name, v in sorted(report.versions.items()))
+        key = f"{report.cpu}, {report.threads} thread(s); {versions}"
+        counts[key] = counts.get(key, 0) + 1
+    return [f"{key} ({n} model{'s' if n > 1 else ''})" for key, n in counts.items()]
+
+
+def _stats_rows(report: LatencyReport) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = [("onnxruntime", s) for s in report.onnx]
+    if report.torch_batch1 is not None:
+        rows.append(("torch eager", report.torch_batch1))
+    return rows
+
+
+STAT_HEADERS = ["engine", "batch", "runs", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "mean ms",
+                "samples/s"]
+
+
+def _stat_cells(engine: str, s: Any) -> list[str]:
+    return [engine, str(s.batch_size), str(s.runs), f"{s.p50_ms:.4f}", f"{s.p90_ms:.4f}",
+            f"{s.p95_ms:.4f}", f"{s.p99_ms:.4f}", f"{s.mean_ms:.4f}", f"{s.throughput:,.0f}"]
+
+
+def _html_table(headers: list[str], rows: list[list[str]], classes: list[str] | None = None
+                ) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        f"<tr{' class=' + repr(c) if c else ''}>"
+        + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
+        for row, c in zip(rows, classes or [""] * len(rows), strict=True))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _write(summary: pd.DataFrame, reports: dict[str, LatencyReport], plots: list[Path],
+           out_dir: Path, tracking_uri: str) -> tuple[Path, Path]:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    headers = [h for h, _, _ in SUMMARY_COLUMNS] + ["front"]
+    rows = [[_cell(row[col], fmt) for _, col, fmt in SUMMARY_COLUMNS]
+            + ["yes" if row["on_front"] else ""] for _, row in summary.iterrows()]
+    intro = (f"{len(summary)} registered model versions from {tracking_uri}, fastest first "
+             f"(p50/p90/p99 at batch 1 in ONNX Runtime; 'front': on the accuracy-latency "
+             f"Pareto front; FLOPs = 2 x MACs). Generated {stamp}.")
+    setups = _setups(reports)
+    images = [f'<img alt="{p.stem}" src="data:image/png;base64,'
+              f'{base64.b64encode(p.read_bytes()).decode()}">' for p in plots]
+    figures = f"<div class='pair'>{''.join(images[:2])}</div>{''.join(images[2:])}"
+    details = "".join(
+        f"<details{' open' if i == 0 else ''}><summary>{html.escape(uri)}</summary>"
+        + _html_table(STAT_HEADERS, [_stat_cells(e, s) for e, s in _stats_rows(report)])
+        + f"<p class='note'>{html.escape(report.cpu)}, {report.threads} thread(s)</p></details>"
+        for i, (uri, report) in enumerate(reports.items()))
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>mlscale latency report</title><style>{STYLE}</style></head><body>"
+            f"<h1>Deployment latency: what each model costs to serve</h1>"
+            f"<p class='note'>{html.escape(intro)}</p>"
+            f"<h2>Models</h2>"
+            + _html_table(headers, rows, ["front" if f else "" for f in summary["on_front"]])
+            + f"<h2>Accuracy against cost</h2>{figures}"
+            f"<h2>Latency at every batch size</h2>{details}"
+            f"<h2>Measured on</h2><ul>"
+            + "".join(f"<li>{html.escape(s)}</li>" for s in setups) + "</ul></body></html>")
+    html_path = out_dir / HTML_NAME
+    html_path.write_text(page, encoding="utf-8")
+    per_model = "\n\n".join(
+        f"### {uri}\n\n" + _md_table(STAT_HEADERS, [_stat_cells(e, s)
+                                                    for e, s in _stats_rows(report)])
+        for uri, report in reports.items())
+    markdown = "\n\n".join([
+        "# Deployment latency: what each model costs to serve", intro, "## Models",
+        _md_table(headers, rows), "## Accuracy against cost",
+        "\n".join(f"![{p.stem}]({p.name})" for p in plots),
+        "## Latency at every batch size", per_model, "## Measured on",
+        "\n".join(f"- {s}" for s in setups)]) + "\n"
+    md_path = out_dir / MARKDOWN_NAME
+    md_path.write_text(markdown, encoding="utf-8")
+    return html_path, md_path
+
+
+def latency_report(settings: MlflowSettings, out_dir: str | Path, *,
+                   models: Sequence[str] | None = None, dataset: str | None = None,
+                   log: bool = True) -> ReportResult:
+    """Write the report for the registered versions (all, or ``models``) into ``out_dir``
+    and, with ``log``, record it as an MLflow run in the ``mlscale-reports`` experiment."""
+    from mlscale.tracking import client, models_frame
+
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MlscaleError(f"cannot write the report to {out}: {error.strerror}") from None
+    frame = select_models(models_frame(settings, dataset=dataset), models)
+    if frame.empty:
+        raise MlscaleError(f"no registered models in {settings.tracking_uri}"
+                           + (f" for dataset {dataset!r}" if dataset else "")
+                           + "; train or search first")
+    client(settings)  # points mlflow at the stores before artifacts are read
+    reports = _load_latency(frame)
+    summary = _summary_frame(frame, reports)
+    plots = _plots(summary, out)
+    html_path, md_path = _write(summary, reports, plots, out, settings.tracking_uri)
+    run_id = _log(settings, out, len(summary)) if log else None
+    return ReportResult(html_path, md_path, plots, len(summary), run_id)
+
+
+def _log(settings: MlflowSettings, out: Path, n_models: int) -> str:
+    import mlflow
+
+    from mlscale.tracking import experiment_id, mlflow_errors
+
+    with mlflow_errors(settings), mlflow.start_run(
+            experiment_id=experiment_id(settings, REPORT_EXPERIMENT), run_name="latency-report",
+            tags={"mlscale.kind": "latency-report"}) as run:
+        mlflow.log_metric("models", n_models)
+        mlflow.log_artifacts(str(out), "latency_report")
+        return str(run.info.run_id)
