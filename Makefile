@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := dataset-fashion-mnist chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps demo test lint typecheck unit bench clean
+.PHONY: setup system-deps demo test lint typecheck unit clean
 
 setup: $(STAMP) system-deps
 
