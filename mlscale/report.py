@@ -121,9 +121,6 @@ def _summary_frame(frame: pd.DataFrame, reports: dict[str, LatencyReport]) -> pd
 def _plots(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Accuracy against latency and against FLOPs (overall Pareto front), and per-family
     cost-efficiency fronts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from mlscale.scaling import efficiency_fronts, pareto_front
@@ -291,7 +288,13 @@ def latency_report(settings: MlflowSettings, out_dir: str | Path, *,
     client(settings)  # points mlflow at the stores before artifacts are read
     reports = _load_latency(frame)
     summary = _summary_frame(frame, reports)
-    plots = _plots(summary, out)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with plt.style.context("default"):  # not whatever style another library left set
+        plots = _plots(summary, out)
     html_path, md_path = _write(summary, reports, plots, out, settings.tracking_uri)
     run_id = _log(settings, out, len(summary)) if log else None
     return ReportResult(html_path, md_path, plots, len(summary), run_id)
