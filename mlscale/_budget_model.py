@@ -105,11 +105,13 @@ class FamilyModel:
     def largest_params(self) -> float:
         return float(self.runs["params"].max())
 
-    @property
-    def max_epochs(self) -> float:
-        """The most passes over its data any fitted run made: the law is only known to
-        hold up to there, so repeats beyond it are credited nothing."""
-        return float((self.runs["samples_seen"] / self.runs["train_size"]).max())
+    def max_epochs(self, unique: int) -> float:
+        """The most passes over their data the fitted runs made on at least half of the
+        ``unique`` samples (all runs if none did): the law is only measured up to there."""
+        runs = self.runs
+        large = runs[runs["train_size"] >= unique / 2]
+        runs = large if not large.empty else runs
+        return float((runs["samples_seen"] / runs["train_size"]).max())
 
     def to_dict(self) -> dict[str, Any]:
         return {"family": self.family, "loss_fit": self.loss_fit.to_dict(),

@@ -187,9 +187,9 @@ class Advisor:
 
     def _sample_cap(self, fm: FamilyModel) -> int:
         """Samples worth training on: the dataset's unique samples times the most epochs
-        the family's fitted runs made (past that the law is unmeasured, and on a small
-        dataset more passes tend to raise the test loss, not lower it)."""
-        return max(MIN_SAMPLES, math.floor(self.model.unique * fm.max_epochs))
+        the family's fitted runs made on comparable data (past that the law is unmeasured,
+        and on a small dataset more passes tend to raise the test loss, not lower it)."""
+        return max(MIN_SAMPLES, math.floor(self.model.unique * fm.max_epochs(self.model.unique)))
 
     def _accuracy(self, fm: FamilyModel, row: int, budget: float) -> float:
         grid = fm.candidates.iloc[row]
@@ -389,9 +389,10 @@ class Advisor:
                 f"({cheapest.predicted_accuracy.value:.2%} vs "
                 f"{option.predicted_accuracy.value:.2%} predicted)")
         if option.train_flops < budget - option.train_flops_per_sample:
+            epochs = fm.max_epochs(self.model.unique)
             warnings.append(
-                f"epochs capped: the fitted {fm.family} runs made at most {fm.max_epochs:.3g} "
-                f"passes over their data, so the law is unmeasured past {fm.max_epochs:.3g} "
+                f"epochs capped: the fitted {fm.family} runs made at most {epochs:.3g} "
+                f"passes over their data, so the law is unmeasured past {epochs:.3g} "
                 f"epochs (and more passes over small data tend to raise test loss); the "
                 f"recommendation stops there and leaves {budget - option.train_flops:.3g} "
                 "FLOPs unspent")

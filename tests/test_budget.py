@@ -45,7 +45,7 @@ def test_more_budget_never_predicts_a_worse_loss(advisor: Advisor) -> None:
     losses = [a.recommendation.predicted_test_loss.value for a in answers]
     assert all(later <= earlier + 1e-12 for earlier, later in itertools.pairwise(losses))
     assert losses[-1] < losses[0]
-    max_epochs = advisor.model.families["lenet5"].max_epochs
+    max_epochs = advisor.model.families["lenet5"].max_epochs(advisor.model.unique)
     for budget, answer in zip(budgets, answers, strict=True):
         option = answer.recommendation
         assert option.train_flops <= budget
@@ -98,7 +98,7 @@ def test_alternatives_and_warnings(advisor: Advisor) -> None:
     largest = advisor.model.families["lenet5"].largest_run_flops
     assert f"{1e15 / largest:.3g}x the largest lenet5 run" in text
     option = big.recommendation
-    assert option.epochs <= advisor.model.families["lenet5"].max_epochs == 1.0
+    assert option.epochs <= advisor.model.families["lenet5"].max_epochs(55_000) == 1.0
     assert "epochs capped: the fitted lenet5 runs made at most 1 passes" in text
     assert f"leaves {1e15 - option.train_flops:.3g} FLOPs unspent" in text
     assert big.nearest_registered_model["model_uri"].startswith("models:/mnist-lenet5/")
