@@ -10,12 +10,13 @@ neither torch nor statsmodels.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,18 +62,29 @@ class LatencyModel:
     t_975: float  # Student's t quantile for the 95% interval at the residual degrees of freedom
     nobs: int
     pooled: bool
+    threads: int  # the thread count every fitted latency was measured with
 
     @classmethod
-    def fit(cls, flops: ArrayLike, p90_ms: ArrayLike, pooled: bool = False) -> LatencyModel:
+    def fit(cls, runs: pd.DataFrame, pooled: bool = False) -> LatencyModel | None:
+        """Fit the runs timed on the most common thread count (latencies on different
+        thread counts are not comparable); None if they have too few distinct FLOPs."""
         import statsmodels.api as sm
-
-        design = sm.add_constant(np.log(np.asarray(flops, dtype=float)))
-        result = sm.OLS(np.log(np.asarray(p90_ms, dtype=float)), design).fit()
         from scipy.stats import t
 
+        timed = runs[["flops_per_sample", "latency_p90_ms", "latency_threads"]].apply(
+            pd.to_numeric, errors="coerce").dropna()
+        timed = timed[(timed > 0).all(axis=1)]
+        if timed.empty:
+            return None
+        threads = int(timed["latency_threads"].mode().iloc[0])
+        timed = timed[timed["latency_threads"] == threads]
+        if timed["flops_per_sample"].nunique() < MIN_DISTINCT:
+            return None
+        design = sm.add_constant(np.log(timed["flops_per_sample"].to_numpy(dtype=float)))
+        result = sm.OLS(np.log(timed["latency_p90_ms"].to_numpy(dtype=float)), design).fit()
         return cls([float(v) for v in result.params], np.asarray(result.cov_params()).tolist(),
                    float(result.scale), float(t.ppf(0.975, result.df_resid)), int(result.nobs),
-                   pooled)
+                   pooled, threads)
 
     def predict(self, flops: ArrayLike
                 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
@@ -85,7 +97,7 @@ class LatencyModel:
         return np.exp(mean), np.exp(mean - half), np.exp(mean + half)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FamilyModel:
     """One family's fits, latency model, measured dial grid and registered runs."""
 
@@ -107,16 +119,17 @@ class FamilyModel:
 
     def max_epochs(self, unique: int) -> float:
         """The most passes over their data the fitted runs made on at least half of the
-        ``unique`` samples (all runs if none did): the law is only measured up to there."""
-        runs = self.runs
-        large = runs[runs["train_size"] >= unique / 2]
-        runs = large if not large.empty else runs
-        return float((runs["samples_seen"] / runs["train_size"]).max())
+        ``unique`` samples: the law is only measured up to there. One pass when no run
+        used that much data (many passes over a small subset say nothing about them)."""
+        large = self.runs[self.runs["train_size"] >= unique / 2]
+        if large.empty:
+            return 1.0
+        return float((large["samples_seen"] / large["train_size"]).max())
 
     def to_dict(self) -> dict[str, Any]:
         return {"family": self.family, "loss_fit": self.loss_fit.to_dict(),
                 "error_fit": self.error_fit.to_dict(),
-                "latency": None if self.latency is None else self.latency.__dict__,
+                "latency": None if self.latency is None else asdict(self.latency),
                 "candidates": self.candidates.to_dict("list"), "runs": self.runs.to_dict("list"),
                 "saturation_flops": self.saturation_flops}
 
@@ -169,12 +182,9 @@ def _fit_family(family: str, runs: pd.DataFrame, input_shape: tuple[int, int, in
     points = {"N": runs["params"], "D": runs["samples_seen"], "unique": runs["train_size"]}
     loss_fit = fit_law({**points, "loss": runs["test_loss"]}, "nd", unique="unique")
     error_fit = fit_law({**points, "loss": runs["error_rate"]}, "nd", unique="unique")
-    timed = runs[["flops_per_sample", "latency_p90_ms"]].dropna()
-    timed = timed[(timed > 0).all(axis=1)]
-    latency = (LatencyModel.fit(timed["flops_per_sample"], timed["latency_p90_ms"])
-               if timed["flops_per_sample"].nunique() >= MIN_DISTINCT else pooled)
+    latency = LatencyModel.fit(runs) or pooled
     saturation = None
-    if runs["train_flops"].nunique() >= 4:
+    with contextlib.suppress(MlscaleError):  # optional: too few or unusable points
         saturation = saturation_point(runs["train_flops"], runs["test_accuracy"]).x
     return FamilyModel(family, loss_fit, error_fit, latency,
                        measured_grid(family, input_shape, on_status),
@@ -194,10 +204,7 @@ def build_registry_model(frame: pd.DataFrame, dataset: str, fingerprint: str,
     if frame.empty:
         raise MlscaleError(f"the registry has no models for dataset {dataset!r}; register some "
                            "first, e.g. mlscale search pipelines/lenet_scaling.yaml")
-    timed = frame[["flops_per_sample", "latency_p90_ms"]].dropna()
-    timed = timed[(timed > 0).all(axis=1)]
-    pooled = (LatencyModel.fit(timed["flops_per_sample"], timed["latency_p90_ms"], pooled=True)
-              if timed["flops_per_sample"].nunique() >= MIN_DISTINCT else None)
+    pooled = LatencyModel.fit(frame, pooled=True)
     families, skipped = {}, {}
     for family, group in frame.groupby("arch", sort=True):
         runs = _usable_runs(group)
@@ -237,7 +244,8 @@ def measured_grid(family: str, input_shape: tuple[int, int, int],
                           + f"{WIDTH_POINTS}{input_shape}").encode()).hexdigest()[:16]
     path = cache_dir() / f"zoo-{family}-{key}.json"
     if path.is_file():
-        return pd.DataFrame(json.loads(path.read_text()))
+        with contextlib.suppress(OSError, ValueError):  # a damaged file is measured again
+            return pd.DataFrame(json.loads(path.read_text()))
     (w_lo, w_hi), (d_lo, d_hi) = spec.width_range, spec.depth_range
     widths = sorted({float(f"{w:.3g}") for w in np.geomspace(w_lo, w_hi, WIDTH_POINTS)})
     rows = []
@@ -283,7 +291,7 @@ def load_registry_model(settings: MlflowSettings, dataset: str, *, refresh: bool
     fingerprint = registry_fingerprint(settings)
     store = f"{settings.tracking_uri}|{settings.registry_uri}|{dataset}"
     path = cache_dir() / f"budget-{hashlib.sha256(store.encode()).hexdigest()[:16]}.json"
-    stamp = f"{fingerprint}-{version('mlscale')}-{CACHE_FORMAT}"
+    stamp = f"{fingerprint}-{version('mlscale')}-{CACHE_FORMAT}-{_source_hash()}"
     if not refresh and path.is_file():
         try:
             payload = json.loads(path.read_text())
@@ -296,6 +304,15 @@ def load_registry_model(settings: MlflowSettings, dataset: str, *, refresh: bool
                                  on_status)
     _write_json(path, {"stamp": stamp, "model": model.to_dict()})
     return model, False
+
+
+def _source_hash() -> str:
+    """A hash of mlscale's own source files: a changed fit or zoo invalidates the cache
+    (an editable install keeps its version number through every change)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _write_json(path: Path, payload: Any) -> None:

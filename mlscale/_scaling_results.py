@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
+from scipy.special import ndtri, stdtrit
 
 from mlscale._scaling_laws import LAWS, Law, effective_data
 from mlscale.errors import MlscaleError
 
 __all__ = ["ScalingFit"]
-
-
-def _normal_quantile(p: float) -> float:
-    """The standard normal quantile (the standard library's: scipy.stats costs 0.7 s to
-    import, which a cached budget answer cannot afford)."""
-    return NormalDist().inv_cdf(p)
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,7 +71,7 @@ class ScalingFit:
         if not 0 < alpha < 1:
             raise MlscaleError(f"alpha must be in (0, 1), got {alpha}")
         if method == "wald":
-            half = _normal_quantile(1 - alpha / 2) * np.sqrt(np.diag(self.cov_theta))
+            half = float(ndtri(1 - alpha / 2)) * np.sqrt(np.diag(self.cov_theta))
             lower, upper = self._public(self.theta - half), self._public(self.theta + half)
         elif method == "bootstrap":
             if self.bootstrap_theta is None:
@@ -144,10 +138,13 @@ class ScalingFit:
         """The prediction and its (1 - alpha) interval, by the delta method on log L.
 
         The interval carries the parameters' covariance and, with ``scatter``, the fit's
-        residual scale (RMSE of log loss): it then bounds a single new run, as a
-        prediction interval should. Bounds are NaN if the covariance is not finite.
-        (R*, when fitted, is held at its estimate.)
+        residual variance (on nobs - parameters degrees of freedom): it then bounds a
+        single new run, as a prediction interval should; the quantile is Student's t on
+        those degrees of freedom. Bounds are NaN if the covariance is not finite or no
+        degrees of freedom are left. (R*, when fitted, is held at its estimate.)
         """
+        if not 0 < alpha < 1:
+            raise MlscaleError(f"alpha must be in (0, 1), got {alpha}")
         value = self.predict(N=N, D=D, C=C, unique=unique)
         given = {"N": N, "D": D, "C": C}
         n_terms = len(self.law.terms)
@@ -168,9 +165,12 @@ class ScalingFit:
         for j, lx in enumerate(log_xs):
             jac[1 + n_terms + j] = -weights[1 + j] * lx
         variance = np.einsum("i...,ij,j...->...", jac, self.cov_theta, jac)
+        df = self.nobs - self.theta.size
+        if df < 1:
+            return value, np.full_like(value, np.nan), np.full_like(value, np.nan)
         if scatter:
-            variance = variance + self.rmse**2
-        half = _normal_quantile(1 - alpha / 2) * np.sqrt(np.maximum(variance, 0.0))
+            variance = variance + float((self.resid**2).sum()) / df
+        half = float(stdtrit(df, 1 - alpha / 2)) * np.sqrt(np.maximum(variance, 0.0))
         return value, value * np.exp(-half), value * np.exp(half)
 
     @property

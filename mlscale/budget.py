@@ -5,8 +5,8 @@ of its measured dial grid, a budget C buys D = C / (training FLOPs per sample) s
 the joint law predicts the test loss at (N, D'), where D' discounts repeated epochs of
 the dataset's unique samples. The configuration with the lowest predicted loss wins;
 its accuracy comes from the error-rate law, its latency from the family's latency model.
-Intervals are 95% prediction intervals: parameter draws of the fit plus the fit's
-run-to-run scatter.
+Intervals are 95% prediction intervals for one new run: the delta method on log loss
+over the fit's parameter covariance plus its run-to-run scatter (Student's t).
 
 >>> advisor = Advisor.from_registry(load_settings(), "mnist")  # doctest: +SKIP
 >>> advice = advisor.advise(1e15)                               # doctest: +SKIP
@@ -67,6 +67,7 @@ class Option:
     predicted_test_loss: Estimate
     predicted_accuracy: Estimate
     predicted_latency_p90_ms: Estimate | None
+    latency_threads: int | None  # the thread count that latency is predicted for
 
     def to_dict(self) -> dict[str, Any]:
         payload = asdict(self)
@@ -219,7 +220,8 @@ class Advisor:
             epochs=samples / unique,
             effective_samples=float(effective_data(samples, unique, fm.loss_fit.r_star)),
             predicted_test_loss=loss, predicted_accuracy=accuracy,
-            predicted_latency_p90_ms=latency)
+            predicted_latency_p90_ms=latency,
+            latency_threads=None if fm.latency is None else fm.latency.threads)
 
     def _smallest_budget(self, families: list[FamilyModel]) -> float:
         return min(float(fm.candidates["train_flops_per_sample"].min()) * MIN_SAMPLES
@@ -253,21 +255,21 @@ class Advisor:
     def advise(self, budget_flops: float, *, families: Sequence[str] | None = None,
                max_latency_ms: float | None = None) -> Advice:
         """The best configuration for ``budget_flops`` training FLOPs, with alternatives."""
-        _check_positive(budget_flops, "--flops")
+        check_positive(budget_flops, "--flops")
         if max_latency_ms is not None:
-            _check_positive(max_latency_ms, "--max-latency-ms")
+            check_positive(max_latency_ms, "--max-latency-ms")
         chosen = self._families(families)
         ranked = self._ranked(chosen)
         budgets = np.array([float(budget_flops)])
         found = self._best(ranked, budgets, max_latency_ms)[0]
         if found is None:
-            smallest = self._smallest_budget(chosen)
+            smallest = self._smallest_budget(ranked)
             if budget_flops < smallest:
                 raise MlscaleError(f"a budget of {budget_flops:.3g} FLOPs is too small: the "
                                    f"cheapest configuration needs {smallest:.3g} FLOPs for "
                                    f"{MIN_SAMPLES} samples")
-            raise MlscaleError(f"no configuration is predicted to serve within {max_latency_ms} "
-                               "ms at p90 (batch 1); raise --max-latency-ms")
+            raise MlscaleError(f"no configuration is predicted to serve within {max_latency_ms:g}"
+                               " ms at p90 (batch 1); raise --max-latency-ms")
         fm, row = found
         option = self._option(fm, row, budget_flops)
         alternatives = self._alternatives(chosen, ranked, option, budget_flops, max_latency_ms)
@@ -276,9 +278,10 @@ class Advisor:
             nearest_registered_model=_nearest_run(fm, option),
             alternatives=alternatives,
             warnings=self._warnings(fm, option, budget_flops, alternatives)
-            + [f"{other.family} is not ranked: its fit is weak (the 95% interval on test loss "
-               f"spans {self.weak_fit_span(other):.3g}x even at its largest run); see its "
-               "alternative" for other in chosen if other not in ranked],
+            + [f"{other.family} is not ranked: its fit is weak "
+               f"({_span_text(self.weak_fit_span(other))} at its largest run); see its "
+               "alternative" for other in chosen
+               if other.family not in {f.family for f in ranked}],
             train_command=(f"mlscale train --arch {option.family} --width {option.width:g} "
                            f"--depth {option.depth} --max-train-flops {option.train_flops:.6g} "
                            f"--dataset {self.model.dataset}"),
@@ -291,8 +294,9 @@ class Advisor:
     def least_flops(self, target_accuracy: float, *, families: Sequence[str] | None = None,
                     max_latency_ms: float | None = None) -> Advice:
         """The least budget predicted to reach ``target_accuracy``, answered as ``advise``."""
-        if not (isinstance(target_accuracy, int | float) and 0 < target_accuracy < 1):
-            raise MlscaleError(f"--target-accuracy must be in (0, 1), got {target_accuracy}")
+        check_target(target_accuracy)
+        if max_latency_ms is not None:
+            check_positive(max_latency_ms, "--max-latency-ms")
         chosen = self._ranked(self._families(families))
         low = self._smallest_budget(chosen)
         ceiling = 1e24  # far past any sane budget: what "unbounded compute" means here
@@ -303,11 +307,14 @@ class Advisor:
         least = self._least_budget(chosen, low, ceiling, reaches, max_latency_ms)
         if least is None:
             best = self._best(chosen, np.array([ceiling]), max_latency_ms)[0]
-            top = "no configuration" if best is None else \
-                f"{self._accuracy(best[0], best[1], ceiling):.3%} ({best[0].family})"
-            raise MlscaleError(f"no configuration is predicted to reach {target_accuracy:.2%} "
-                               f"test accuracy on {self.model.dataset}; the best with "
-                               f"unbounded compute is {top}")
+            if best is None:
+                raise MlscaleError(f"no configuration is predicted to serve within "
+                                   f"{max_latency_ms:g} ms at p90 (batch 1); raise "
+                                   "--max-latency-ms")
+            raise MlscaleError(
+                f"no configuration is predicted to reach {target_accuracy:.2%} test accuracy "
+                f"on {self.model.dataset}; the best with unbounded compute is "
+                f"{self._accuracy(best[0], best[1], ceiling):.3%} ({best[0].family})")
         advice = self.advise(least, families=families, max_latency_ms=max_latency_ms)
         advice.target_accuracy = float(target_accuracy)
         return advice
@@ -352,7 +359,7 @@ class Advisor:
                 continue
             found = self._best([fm], np.array([budget]), max_latency_ms)[0]
             if found is not None:
-                weak = "" if fm in ranked else " (weak fit: not ranked)"
+                weak = "" if fm.family in {f.family for f in ranked} else " (weak fit: not ranked)"
                 alternatives.append({"kind": f"best_{fm.family}",
                                      "why": f"the best {fm.family} for this budget{weak}",
                                      "option": self._option(found[0], found[1], budget)})
@@ -382,7 +389,8 @@ class Advisor:
         warnings = []
         cheapest = next((a["option"] for a in alternatives
                          if a["kind"] == "cheapest_within_0.1_points"), None)
-        if cheapest is not None and cheapest.train_flops <= budget / 2:
+        spent = option.train_flops
+        if cheapest is not None and cheapest.train_flops <= spent / 2:
             warnings.append(
                 f"saturated: more compute buys under 0.1 accuracy points here; "
                 f"{cheapest.train_flops:.2g} FLOPs gets the same "
@@ -402,18 +410,18 @@ class Advisor:
                 f"epochs of the {self.model.unique:,} unique training samples; repeats count "
                 f"as {option.effective_samples:,.0f} effective samples "
                 f"({option.effective_samples / option.samples_seen:.0%} of face value)")
-        if fm.saturation_flops is not None and budget > fm.saturation_flops:
+        if fm.saturation_flops is not None and spent > fm.saturation_flops:
             warnings.append(
                 f"the registered {fm.family} runs stop gaining 0.1 points per 10x of compute "
                 f"at {fm.saturation_flops:.2g} FLOPs (LOWESS over {len(fm.runs)} runs)")
-        ratio = budget / fm.largest_run_flops
+        ratio = spent / fm.largest_run_flops
         loss = option.predicted_test_loss
         if ratio > EXTRAPOLATION_FACTOR:
             band = "" if loss.lower is None or loss.upper is None else (
                 f"; the 95% interval on test loss widens to [{loss.lower:.4g}, {loss.upper:.4g}]")
             warnings.append(
-                f"extrapolation: the budget is {ratio:.3g}x the largest {fm.family} run fitted "
-                f"({fm.largest_run_flops:.3g} FLOPs){band}")
+                f"extrapolation: the recommended {spent:.3g} training FLOPs are {ratio:.3g}x the "
+                f"largest {fm.family} run fitted ({fm.largest_run_flops:.3g} FLOPs){band}")
         size_ratio = option.params / fm.largest_params
         if size_ratio > EXTRAPOLATION_FACTOR:
             warnings.append(
@@ -432,10 +440,23 @@ class Advisor:
         return warnings
 
 
-def _check_positive(value: float, name: str) -> None:
+def _span_text(span: float) -> str:
+    if not math.isfinite(span):
+        return "no interval: its covariance could not be estimated"
+    return f"the 95% interval on test loss spans {span:.3g}x"
+
+
+def check_positive(value: float, name: str) -> None:
+    """A one-line error unless ``value`` is a positive finite number."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not (
             math.isfinite(value) and value > 0):
         raise MlscaleError(f"{name} must be a positive finite number, got {value}")
+
+
+def check_target(target_accuracy: float) -> None:
+    """A one-line error unless the target accuracy is in (0, 1)."""
+    if not (isinstance(target_accuracy, int | float) and 0 < target_accuracy < 1):
+        raise MlscaleError(f"--target-accuracy must be in (0, 1), got {target_accuracy}")
 
 
 def _estimate(fit: ScalingFit, params: float, samples: int, unique: int) -> Estimate:

@@ -402,16 +402,24 @@ def budget(flops: float | None, target_accuracy: float | None, dataset: str,
            tracking_uri: str | None, as_json: bool) -> None:
     """What to train for a FLOPs budget: family, dials, data, and the predicted test loss,
     accuracy and latency with 95% intervals, from scaling laws fitted to the registry."""
-    from mlscale.budget import Advisor
+    from mlscale.budget import Advisor, check_positive, check_target
     from mlscale.tracking import load_settings
 
     if (flops is None) == (target_accuracy is None):
         raise MlscaleError("give exactly one of --flops and --target-accuracy")
+    if flops is not None:  # bad input fails before the registry is read
+        check_positive(flops, "--flops")
+    else:
+        check_target(target_accuracy)  # type: ignore[arg-type]
+    if max_latency_ms is not None:
+        check_positive(max_latency_ms, "--max-latency-ms")
     chosen = [name.strip() for name in families.split(",") if name.strip()] if families else None
     status = _StatusLine()
-    advisor = Advisor.from_registry(load_settings(tracking_uri), dataset, refresh=refresh,
-                                    on_status=status.show)
-    status.clear()
+    try:
+        advisor = Advisor.from_registry(load_settings(tracking_uri), dataset, refresh=refresh,
+                                        on_status=status.show)
+    finally:
+        status.clear()
     if flops is not None:
         advice = advisor.advise(flops, families=chosen, max_latency_ms=max_latency_ms)
     else:
@@ -440,7 +448,8 @@ def _option_lines(option: Any, indent: str = "  ") -> list[str]:
         f"{option.train_flops:.3g} training FLOPs",
         f"{indent}test loss {_estimate_text(option.predicted_test_loss, '{:.4f}')}   "
         f"accuracy {_estimate_text(option.predicted_accuracy, '{:.2%}')}   "
-        f"p90 latency {_estimate_text(option.predicted_latency_p90_ms, '{:.3g}')} ms",
+        f"p90 latency {_estimate_text(option.predicted_latency_p90_ms, '{:.3g}')} ms"
+        + (f" (batch 1, {option.latency_threads} threads)" if option.latency_threads else ""),
     ]
 
 

@@ -40,7 +40,7 @@ SUMMARY_COLUMNS = [  # (header, column, format)
     ("FLOPs/sample", "flops_per_sample", "{:,.0f}"), ("test acc", "test_accuracy", "{:.2%}"),
     ("p50 ms", "latency_p50_ms", "{:.4f}"), ("p90 ms", "latency_p90_ms", "{:.4f}"),
     ("p99 ms", "latency_p99_ms", "{:.4f}"), ("torch p50 ms", "torch_p50_ms", "{:.4f}"),
-    ("ORT speed-up", "ort_speedup", "{:.2f}x"), ("best samples/s", "throughput", "{:,.0f}"),
+    ("ORT speed-up", "ort_speedup", "{:.2f}x"), ("best samples/s", "best_throughput", "{:,.0f}"),
 ]
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
@@ -70,7 +70,9 @@ def select_models(frame: pd.DataFrame, models: Sequence[str] | None) -> pd.DataF
     version), ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``. None: every row."""
     if not models:
         return frame
-    keep = frame["name"] != frame["name"]  # all False, aligned with frame
+    import pandas as pd
+
+    keep = pd.Series(False, index=frame.index)
     for spec in models:
         target = spec.removeprefix("models:/")
         if "@" in target:
@@ -99,9 +101,9 @@ def _load_latency(frame: pd.DataFrame) -> dict[str, LatencyReport]:
     for row in frame.itertuples():
         try:
             payload = mlflow.artifacts.load_dict(f"runs:/{row.run_id}/latency.json")
-        except (MlflowException, OSError, ValueError):
-            continue
-        reports[str(row.model_uri)] = LatencyReport.from_dict(payload)
+            reports[str(row.model_uri)] = LatencyReport.from_dict(payload)
+        except (MlflowException, OSError, ValueError, KeyError, TypeError):
+            continue  # no or an unreadable latency.json: the cost card still shows
     return reports
 
 
@@ -110,7 +112,9 @@ def _summary_frame(frame: pd.DataFrame, reports: dict[str, LatencyReport]) -> pd
     from mlscale.scaling import pareto_front
 
     torch_p50 = {uri: r.torch_batch1.p50_ms for uri, r in reports.items() if r.torch_batch1}
-    summary = frame.assign(torch_p50_ms=frame["model_uri"].map(torch_p50))
+    best = {uri: max(s.throughput for s in r.onnx) for uri, r in reports.items() if r.onnx}
+    summary = frame.assign(torch_p50_ms=frame["model_uri"].map(torch_p50),
+                           best_throughput=frame["model_uri"].map(best))
     summary["ort_speedup"] = summary["torch_p50_ms"] / summary["latency_p50_ms"]
     timed = summary.dropna(subset=["latency_p90_ms", "test_accuracy"])
     front = pareto_front(timed, "latency_p90_ms", "test_accuracy", minimize_value=False)
@@ -121,7 +125,7 @@ def _summary_frame(frame: pd.DataFrame, reports: dict[str, LatencyReport]) -> pd
 def _plots(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Accuracy against latency and against FLOPs (overall Pareto front), and per-family
     cost-efficiency fronts."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from mlscale.scaling import efficiency_fronts, pareto_front
 
@@ -132,7 +136,8 @@ def _plots(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
                                "accuracy_vs_latency.png"),
                               ("flops_per_sample", "forward FLOPs per sample",
                                "accuracy_vs_flops.png")):
-        figure, axes = plt.subplots(figsize=(6.4, 4.4))
+        figure = Figure(figsize=(6.4, 4.4))
+        axes = figure.subplots()
         usable = summary.dropna(subset=[cost, "test_accuracy"])
         for family in families:
             rows = usable[usable["arch"] == family]
@@ -149,7 +154,8 @@ def _plots(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     fronts = efficiency_fronts(summary)
     costs = (("train_flops", "training FLOPs"), ("params", "parameters"),
              ("latency_p90_ms", "p90 ms, batch 1"))
-    figure, axes_row = plt.subplots(1, 3, figsize=(13, 4.2), sharey=True)
+    figure = Figure(figsize=(13, 4.2))
+    axes_row = figure.subplots(1, 3, sharey=True)
     for axes, (cost, label) in zip(axes_row, costs, strict=True):
         for family in families:
             rows = summary[summary["arch"] == family]
@@ -167,11 +173,11 @@ def _plots(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 
 def _save(figure: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    try:
+        figure.savefig(path, dpi=100)
+    except OSError as error:
+        raise MlscaleError(f"cannot write {path}: {error.strerror}") from None
     return path
 
 
@@ -288,19 +294,20 @@ def latency_report(settings: MlflowSettings, out_dir: str | Path, *,
     client(settings)  # points mlflow at the stores before artifacts are read
     reports = _load_latency(frame)
     summary = _summary_frame(frame, reports)
-    import matplotlib
+    import matplotlib.style
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with plt.style.context("default"):  # not whatever style another library left set
+    with matplotlib.style.context("default"):  # not whatever style another library set
         plots = _plots(summary, out)
-    html_path, md_path = _write(summary, reports, plots, out, settings.tracking_uri)
-    run_id = _log(settings, out, len(summary)) if log else None
+    try:
+        html_path, md_path = _write(summary, reports, plots, out, settings.tracking_uri)
+    except OSError as error:
+        raise MlscaleError(f"cannot write the report to {out}: {error.strerror}") from None
+    run_id = _log(settings, [html_path, md_path, *plots], len(summary)) if log else None
     return ReportResult(html_path, md_path, plots, len(summary), run_id)
 
 
-def _log(settings: MlflowSettings, out: Path, n_models: int) -> str:
+def _log(settings: MlflowSettings, files: list[Path], n_models: int) -> str:
+    """An MLflow run holding the report's own files (nothing else in its folder)."""
     import mlflow
 
     from mlscale.tracking import experiment_id, mlflow_errors
@@ -309,5 +316,6 @@ def _log(settings: MlflowSettings, out: Path, n_models: int) -> str:
             experiment_id=experiment_id(settings, REPORT_EXPERIMENT), run_name="latency-report",
             tags={"mlscale.kind": "latency-report"}) as run:
         mlflow.log_metric("models", n_models)
-        mlflow.log_artifacts(str(out), "latency_report")
+        for path in files:
+            mlflow.log_artifact(str(path), "latency_report")
         return str(run.info.run_id)

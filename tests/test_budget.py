@@ -6,10 +6,12 @@ import itertools
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from mlscale._budget_model import build_registry_model
 from mlscale.budget import Advisor
 from mlscale.cli import cli, main
 from mlscale.errors import MlscaleError
@@ -96,14 +98,15 @@ def test_alternatives_and_warnings(advisor: Advisor) -> None:
             >= big.recommendation.predicted_accuracy.value - 1e-3 - 1e-9)
     text = " | ".join(big.warnings)
     largest = advisor.model.families["lenet5"].largest_run_flops
-    assert f"{1e15 / largest:.3g}x the largest lenet5 run" in text
+    spent = big.recommendation.train_flops
+    assert f"{spent:.3g} training FLOPs are {spent / largest:.3g}x the largest lenet5" in text
     option = big.recommendation
     assert option.epochs <= advisor.model.families["lenet5"].max_epochs(55_000) == 1.0
     assert "epochs capped: the fitted lenet5 runs made at most 1 passes" in text
     assert f"leaves {1e15 - option.train_flops:.3g} FLOPs unspent" in text
     assert big.nearest_registered_model["model_uri"].startswith("models:/mnist-lenet5/")
     small = advisor.advise(largest)
-    assert not any("extrapolation: the budget" in w for w in small.warnings)
+    assert not any("extrapolation" in w for w in small.warnings)
 
 
 def test_budget_json_from_the_cli(lenet_grid_store: str) -> None:
@@ -163,3 +166,43 @@ def test_an_empty_registry_is_a_one_line_error(capsys: pytest.CaptureFixture[str
     code, _, err = _run_main(capsys, "budget", "--flops", "1e15")
     assert code == 1
     assert "the registry has no models for dataset 'mnist'" in err and err.count("\n") == 1
+
+
+def _synthetic_frame(seed: int = 0) -> pd.DataFrame:
+    """A models_frame of two families: lenet5 with 30 runs on a clean law, vgg_mini with 7
+    runs so noisy that its fit is weak."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for family, runs, noise in (("lenet5", 30, 0.02), ("vgg_mini", 7, 0.6)):
+        for i in range(runs):
+            params = float(rng.choice(np.geomspace(5e3, 1e6, 6)))
+            size = float(rng.choice([3000, 10000, 30000, 55000]))
+            seen = size * float(rng.choice([1, 2, 4]))
+            scale = float(np.exp(rng.normal(0, noise)))
+            loss = (0.02 + 40 * params**-0.6 + 60 * seen**-0.55) * scale
+            flops = params * 13.5
+            rows.append({
+                "name": f"mnist-{family}", "version": i + 1, "dataset": "mnist",
+                "model_uri": f"models:/mnist-{family}/{i + 1}", "run_name": f"{family}-{i}",
+                "arch": family, "width": 1.0, "depth": 1, "params": params,
+                "flops_per_sample": flops, "train_flops": params * 36.7 * seen,
+                "samples_seen": seen, "train_size": size, "test_loss": loss,
+                "error_rate": loss / 3, "test_accuracy": 1 - loss / 3,
+                "latency_p90_ms": 0.01 + 2e-8 * flops, "latency_threads": 2.0})
+    return pd.DataFrame(rows)
+
+
+def test_a_weak_fit_is_shown_but_not_ranked() -> None:
+    advisor = Advisor(build_registry_model(_synthetic_frame(), "mnist", "synthetic"))
+    lenet, vgg = advisor.model.families["lenet5"], advisor.model.families["vgg_mini"]
+    assert advisor.weak_fit_span(lenet) < 10 < advisor.weak_fit_span(vgg)
+    answer = advisor.advise(1e13)
+    assert answer.recommendation.family == "lenet5"
+    assert any(w.startswith("vgg_mini is not ranked: its fit is weak") for w in answer.warnings)
+    kinds = {alt["kind"]: alt for alt in answer.alternatives}
+    assert "weak fit: not ranked" in kinds["best_vgg_mini"]["why"]
+    assert answer.recommendation.latency_threads == 2
+    only_vgg = advisor.advise(1e13, families=["vgg_mini"])  # asked for, it is answered
+    assert only_vgg.recommendation.family == "vgg_mini"
+    with pytest.raises(MlscaleError, match="too small"):
+        advisor.advise(1e3)
