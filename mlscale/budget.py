@@ -138,20 +138,31 @@ class Advisor:
             chosen.append(self.model.families[name])
         return chosen
 
-    def weak_fit_span(self, fm: FamilyModel) -> float:
-        """How many times its lower bound the 95% interval on test loss spans at the
-        family's largest registered run, inside the fitted range (inf: no interval)."""
-        run = fm.runs.loc[fm.runs["train_flops"].idxmax()]
-        _, lower, upper = fm.loss_fit.predict_interval(
-            N=float(run["params"]), D=float(run["samples_seen"]), unique=float(run["train_size"]))
-        span = float(upper / lower)
-        return span if math.isfinite(span) else math.inf
+    def interval_spans(self, chosen: list[FamilyModel], budget: float,
+                       max_latency_ms: float | None) -> dict[str, float]:
+        """Per family, how many times its lower bound the 95% interval on test loss spans
+        for the family's best configuration at ``budget`` (inf: no interval)."""
+        spans = {}
+        for fm in chosen:
+            found = self._best([fm], np.array([budget]), max_latency_ms)[0]
+            if found is None:
+                continue
+            loss = self._option(fm, found[1], budget).predicted_test_loss
+            spans[fm.family] = (math.inf if loss.lower is None or loss.upper is None
+                                else loss.upper / loss.lower)
+        return spans
 
-    def _ranked(self, chosen: list[FamilyModel]) -> list[FamilyModel]:
-        """The families whose fits are firm enough to compete for the recommendation (all
-        of them when none is): a weak fit predicts anything, and would win on noise."""
-        firm = [fm for fm in chosen if self.weak_fit_span(fm) <= WEAK_FIT_SPAN]
-        return firm or chosen
+    def _ranked(self, chosen: list[FamilyModel], budget: float, max_latency_ms: float | None
+                ) -> tuple[list[FamilyModel], dict[str, float]]:
+        """The families whose predictions at ``budget`` are within 10x as uncertain as the
+        best-determined family's, and every family's interval span. A fit far weaker than
+        another's would win on noise: it is shown as an alternative, not ranked."""
+        spans = self.interval_spans(chosen, budget, max_latency_ms)
+        if not spans:
+            return chosen, spans
+        tightest = min(spans.values())
+        ranked = [fm for fm in chosen if spans.get(fm.family, math.inf) <= tightest * WEAK_FIT_SPAN]
+        return ranked or chosen, spans
 
     def _losses(self, fm: FamilyModel, budgets: NDArray[np.float64],
                 max_latency_ms: float | None) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -259,7 +270,7 @@ class Advisor:
         if max_latency_ms is not None:
             check_positive(max_latency_ms, "--max-latency-ms")
         chosen = self._families(families)
-        ranked = self._ranked(chosen)
+        ranked, spans = self._ranked(chosen, float(budget_flops), max_latency_ms)
         budgets = np.array([float(budget_flops)])
         found = self._best(ranked, budgets, max_latency_ms)[0]
         if found is None:
@@ -278,10 +289,11 @@ class Advisor:
             nearest_registered_model=_nearest_run(fm, option),
             alternatives=alternatives,
             warnings=self._warnings(fm, option, budget_flops, alternatives)
-            + [f"{other.family} is not ranked: its fit is weak "
-               f"({_span_text(self.weak_fit_span(other))} at its largest run); see its "
-               "alternative" for other in chosen
-               if other.family not in {f.family for f in ranked}],
+            + [f"{other.family} is not ranked: its fit is too weak here (the 95% interval "
+               f"on its test loss spans {spans[other.family]:.3g}x, against "
+               f"{spans[fm.family]:.3g}x for {fm.family}); see its alternative"
+               for other in chosen if other.family not in {f.family for f in ranked}
+               and other.family in spans],
             train_command=(f"mlscale train --arch {option.family} --width {option.width:g} "
                            f"--depth {option.depth} --max-train-flops {option.train_flops:.6g} "
                            f"--dataset {self.model.dataset}"),
@@ -297,14 +309,22 @@ class Advisor:
         check_target(target_accuracy)
         if max_latency_ms is not None:
             check_positive(max_latency_ms, "--max-latency-ms")
-        chosen = self._ranked(self._families(families))
-        low = self._smallest_budget(chosen)
+        every = self._families(families)
+        low = self._smallest_budget(every)
         ceiling = 1e24  # far past any sane budget: what "unbounded compute" means here
 
         def reaches(fm: FamilyModel, row: int, budget: float) -> bool:
             return self._accuracy(fm, row, budget) >= target_accuracy
 
+        # Rank where the registry has data, then again at the answer (as advise will).
+        reference = max(fm.largest_run_flops for fm in every)
+        chosen, _ = self._ranked(every, reference, max_latency_ms)
         least = self._least_budget(chosen, low, ceiling, reaches, max_latency_ms)
+        if least is not None:
+            again, _ = self._ranked(every, least, max_latency_ms)
+            if {f.family for f in again} != {f.family for f in chosen}:
+                chosen = again
+                least = self._least_budget(chosen, low, ceiling, reaches, max_latency_ms)
         if least is None:
             best = self._best(chosen, np.array([ceiling]), max_latency_ms)[0]
             if best is None:
@@ -438,12 +458,6 @@ class Advisor:
                 f"weak fit: the 95% interval on test loss spans {loss.upper / loss.lower:.3g}x "
                 f"({fm.loss_fit.nobs} {fm.family} runs); register runs nearer this budget")
         return warnings
-
-
-def _span_text(span: float) -> str:
-    if not math.isfinite(span):
-        return "no interval: its covariance could not be estimated"
-    return f"the 95% interval on test loss spans {span:.3g}x"
 
 
 def check_positive(value: float, name: str) -> None:
