@@ -477,6 +477,7 @@ def run_search(
                                "objectives": ",".join(pipeline.objectives),
                                "families": ",".join(pipeline.families)})
     objective = _Objective(pipeline, settings, data, parent_run_id, name, on_training)
+    objective.cost_prunes_in_a_row = _unaffordable_tail(study, pipeline)
     min_cost = _min_trial_cost(pipeline, objective.costs)
     status = "KILLED"
     try:
@@ -493,6 +494,21 @@ def run_search(
         return summary
     finally:
         mlflow.end_run(status)
+
+
+def _unaffordable_tail(study: optuna.Study, pipeline: Pipeline) -> int:
+    """How many of the study's last trials were refused for a cost that is still above
+    what is left: a resumed search that ended on COST_PRUNE_LIMIT stays ended, while a
+    raised budget (which makes them affordable) starts the count again."""
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    remaining = pipeline.budget_flops - committed_flops(trials)
+    tail = 0
+    for trial in reversed(trials):
+        refused = str(trial.user_attrs.get(PRUNE_REASON, "")).startswith("cost")
+        if not refused or trial.user_attrs.get("cost_flops", 0.0) <= remaining:
+            break
+        tail += 1
+    return tail
 
 
 def _should_continue(study: optuna.Study, pipeline: Pipeline, objective: _Objective,

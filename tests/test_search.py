@@ -69,6 +69,9 @@ def test_the_budget_is_never_exceeded_and_unaffordable_trials_never_train(
     # what is left cannot buy the cheapest trial, or the sampler kept proposing too much
     assert summary.n_trials.get("COMPLETE", 0) >= 2
     assert summary.best is not None and summary.best["model_uri"].startswith("models:/")
+    # run again, a finished search stays finished: no new proposals to refuse
+    run_search(parse_pipeline(_tiny()), load_settings(), storage=storage, data=mnist)
+    assert len(_trials(storage)) == len(trials)
 
 
 def test_trials_and_runs_point_to_each_other_under_the_parent_run(
