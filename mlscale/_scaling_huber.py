@@ -132,7 +132,10 @@ def start_grid(problem: Problem) -> NDArray[np.float64]:
 
 def polish(problem: Problem, start: NDArray[np.float64]) -> tuple[NDArray[np.float64], float]:
     """L-BFGS-B from ``start`` with the analytic gradient: (theta, Huber objective)."""
-    res = minimize(problem.objective, start, jac=True, method="L-BFGS-B",
+    bounds = [(None, None)] * start.size
+    if problem.fits_r_star:  # R* in [1e-3, 1e4]: beyond, D' no longer depends on it
+        bounds[-1] = (np.log(1e-3), np.log(1e4))
+    res = minimize(problem.objective, start, jac=True, method="L-BFGS-B", bounds=bounds,
                    options={"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-10})
     return res.x, float(res.fun) * problem.delta
 

@@ -195,6 +195,10 @@ def test_r_star_can_be_fitted() -> None:
     assert "R* = " in fit.summary()
     # Fitting D as if every sample were new misfits the repeated points.
     assert fit.rmse < fit_law({"N": n, "D": seen, "loss": loss}, "nd").rmse / 2
+    # Repeats worth nothing (R* -> 0) is a bound of the search, not a crash.
+    flat = 0.05 + 30 / n**0.4 + 200 / np.minimum(seen, unique) ** 0.45
+    worthless = fit_law({"N": n, "D": seen, "loss": flat}, "nd", unique=unique, r_star="fit")
+    assert 1e-3 <= worthless.params["R_star"] < 0.1
 
 
 def test_saturation_point() -> None:
