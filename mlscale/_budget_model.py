@@ -267,11 +267,11 @@ def measured_grid(family: str, input_shape: tuple[int, int, int],
 
 def registry_fingerprint(settings: MlflowSettings) -> str:
     """Changes whenever a version is registered or deleted anywhere in the registry."""
-    from mlscale.tracking import _all_pages, client, mlflow_errors
+    from mlscale.tracking import all_pages, client, mlflow_errors
 
     mlflow_client = client(settings)
     with mlflow_errors(settings):
-        models = _all_pages(mlflow_client.search_registered_models, 1000)
+        models = all_pages(mlflow_client.search_registered_models, 1000)
     state = sorted((m.name, m.last_updated_timestamp) for m in models)
     return hashlib.sha256(json.dumps(state).encode()).hexdigest()[:16]
 

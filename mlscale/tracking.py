@@ -124,7 +124,10 @@ def load_settings(tracking_uri: str | None = None) -> MlflowSettings:
     uri = _absolute_sqlite(uri, Path.cwd() if override else base)
     if artifact_location is None and uri.startswith("sqlite:///"):
         artifact_location = (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
-    registry = os.environ.get("MLFLOW_REGISTRY_URI") or settings.registry_uri or uri
+    # An explicit store brings its registry: MLflow itself exports MLFLOW_REGISTRY_URI
+    # whenever a client points at a store, so the environment may name the last store used.
+    registry = uri if tracking_uri else (
+        os.environ.get("MLFLOW_REGISTRY_URI") or settings.registry_uri or uri)
     return MlflowSettings(uri, _absolute_sqlite(registry, base), artifact_location,
                           settings.experiment, settings.registered_model)
 
@@ -504,10 +507,10 @@ def models_frame(settings: MlflowSettings, *, dataset: str | None = None,
     rows = []
     with mlflow_errors(settings):
         aliases: dict[tuple[str, str], list[str]] = {}
-        for model in _all_pages(mlflow_client.search_registered_models, 1000):
+        for model in all_pages(mlflow_client.search_registered_models, 1000):
             for alias, version in (model.aliases or {}).items():
                 aliases.setdefault((model.name, str(version)), []).append(alias)
-        for version in _all_pages(mlflow_client.search_model_versions, 10_000):
+        for version in all_pages(mlflow_client.search_model_versions, 10_000):
             tags = dict(version.tags)
             row: dict[str, Any] = {"name": version.name, "version": int(version.version),
                                    "model_uri": f"models:/{version.name}/{version.version}",
@@ -532,7 +535,7 @@ def models_frame(settings: MlflowSettings, *, dataset: str | None = None,
                              ascending=[False, True, True]).reset_index(drop=True)
 
 
-def _all_pages(search: Callable[..., Any], max_results: int) -> list[Any]:
+def all_pages(search: Callable[..., Any], max_results: int) -> list[Any]:
     """Every item of a paged MLflow search."""
     found, token = [], None
     while True:

@@ -8,12 +8,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from _cli import run_main
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from mlscale._budget_model import build_registry_model
 from mlscale.budget import Advisor
-from mlscale.cli import cli, main
+from mlscale.cli import cli
 from mlscale.errors import MlscaleError
 from mlscale.tracking import load_settings
 
@@ -21,13 +22,6 @@ from mlscale.tracking import load_settings
 @pytest.fixture(scope="module")
 def advisor(lenet_grid_store: str) -> Advisor:
     return Advisor.from_registry(load_settings(lenet_grid_store), "mnist", refresh=True)
-
-
-def _run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    captured = capsys.readouterr()
-    return int(exit_info.value.code or 0), captured.out, captured.err
 
 
 def test_the_advisor_fits_the_families_that_have_enough_runs(advisor: Advisor) -> None:
@@ -155,14 +149,14 @@ def test_fits_are_refreshed_when_the_registry_changes(lenet_grid_store: str) -> 
 def test_bad_input_is_one_line_and_a_nonzero_exit(
         capsys: pytest.CaptureFixture[str], lenet_grid_store: str, args: list[str],
         message: str) -> None:
-    code, out, err = _run_main(capsys, "budget", *args, "--tracking-uri", lenet_grid_store)
+    code, out, err = run_main(capsys, "budget", *args, "--tracking-uri", lenet_grid_store)
     assert code != 0 and out == ""
     assert message in err and err.count("\n") == 1, err
 
 
 def test_an_empty_registry_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
                                                 fresh_store: str) -> None:
-    code, _, err = _run_main(capsys, "budget", "--flops", "1e15")
+    code, _, err = run_main(capsys, "budget", "--flops", "1e15")
     assert code == 1
     assert "the registry has no models for dataset 'mnist'" in err and err.count("\n") == 1
 

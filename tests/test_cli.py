@@ -6,20 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from _cli import run_main
 from click.testing import CliRunner
 
-from mlscale.cli import cli, main
+from mlscale.cli import cli
 
 FAMILIES = {"lenet5", "alexnet_mini", "vgg_mini", "inception_mini", "resnet_mini",
             "efficientnet_mini"}
-
-
-def _run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run the real entry point in-process: exit code, stdout, stderr."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    captured = capsys.readouterr()
-    return int(exit_info.value.code or 0), captured.out, captured.err
 
 
 def test_help_is_instant_and_lists_the_commands() -> None:
@@ -105,7 +98,7 @@ def test_train_prints_epochs_and_a_summary(data_root: Path) -> None:
 def test_bad_input_is_one_line_and_a_nonzero_exit(
     capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
-    code, _, err = _run_main(capsys, *args)
+    code, _, err = run_main(capsys, *args)
     assert code != 0
     assert err.count("\n") == 1 and err.startswith("Error: ")
     assert message in err
@@ -178,7 +171,7 @@ def test_bad_latency_and_registry_input(capsys: pytest.CaptureFixture[str], tmp_
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(lenet_onnx_file.read_bytes()[:500])
     paths = {"onnx": lenet_onnx_file, "corrupt": corrupt, "missing": tmp_path / "nope.onnx"}
-    code, _, err = _run_main(capsys, *(arg.format(**paths) for arg in args))
+    code, _, err = run_main(capsys, *(arg.format(**paths) for arg in args))
     assert code != 0
     assert err.count("\n") == 1 and err.startswith("Error: ")
     assert message in err

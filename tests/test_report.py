@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 from _chromium import chromium, needs_chromium, screenshot
+from _cli import run_main
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from mlscale.cli import cli, main
+from mlscale.cli import cli
 
 
 @pytest.fixture(scope="module")
@@ -87,18 +88,15 @@ def test_model_selection(lenet_grid_store: str, tmp_path: Path) -> None:
 ])
 def test_bad_report_input(capsys: pytest.CaptureFixture[str], lenet_grid_store: str,
                           tmp_path: Path, args: list[str], message: str) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["report", "latency", "--out", str(tmp_path), *args, "--tracking-uri",
-              lenet_grid_store])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 1 and message in err and err.count("\n") == 1, err
+    code, _, err = run_main(capsys, "report", "latency", "--out", str(tmp_path), *args,
+                            "--tracking-uri", lenet_grid_store)
+    assert code == 1 and message in err and err.count("\n") == 1, err
 
 
 def test_an_unwritable_folder_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
                                                   tmp_path: Path, lenet_grid_store: str) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(SystemExit):
-        main(["report", "latency", "--out", str(blocker / "sub"), "--tracking-uri",
-              lenet_grid_store])
-    assert "cannot write the report to" in capsys.readouterr().err
+    code, _, err = run_main(capsys, "report", "latency", "--out", str(blocker / "sub"),
+                            "--tracking-uri", lenet_grid_store)
+    assert code == 1 and "cannot write the report to" in err

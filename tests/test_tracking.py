@@ -117,6 +117,17 @@ def test_no_register_logs_the_run_but_registers_nothing(fresh_store: str) -> Non
     assert models_frame(load_settings()).empty
 
 
+def test_a_second_store_in_the_same_process_gets_its_own_versions(fresh_store: str,
+                                                                   tmp_path: Path) -> None:
+    config = TrainConfig(arch="lenet5", train_size=300, epochs=1, val_size=500)
+    train_and_register(config, load_settings(), latency_seconds=0.01)
+    other = f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}"
+    outcome = train_and_register(config, load_settings(other), latency_seconds=0.01)
+    assert outcome.version is not None and outcome.version.version == "1"
+    for uri, count in ((fresh_store, 1), (other, 1)):
+        assert len(MlflowClient(uri, uri).search_model_versions()) == count, uri
+
+
 def test_a_failed_benchmark_marks_the_run_failed_and_registers_nothing(fresh_store: str
                                                                        ) -> None:
     with pytest.raises(MlscaleError, match="batch sizes must be positive"):
