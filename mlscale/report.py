@@ -151,22 +151,23 @@ def _plots(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
                  title=f"accuracy vs {label.split(' (')[0]}")
         axes.legend(fontsize=7)
         paths.append(_save(figure, out_dir / name))
-    fronts = efficiency_fronts(summary)
     costs = (("train_flops", "training FLOPs"), ("params", "parameters"),
              ("latency_p90_ms", "p90 ms, batch 1"))
-    figure = Figure(figsize=(13, 4.2))
-    axes_row = figure.subplots(1, 3, sharey=True)
-    for axes, (cost, label) in zip(axes_row, costs, strict=True):
-        for family in families:
-            rows = summary[summary["arch"] == family]
-            axes.scatter(rows[cost], rows["test_accuracy"], s=10, color=colours[family],
-                         alpha=0.35)
-            front = fronts[(fronts["arch"] == family) & (fronts["cost"] == cost)]
-            axes.plot(front["cost_value"], front["value"], marker="o", markersize=3,
-                      color=colours[family], label=family)
-        axes.set(xscale="log", xlabel=label)
-    axes_row[0].set_ylabel("test accuracy")
-    axes_row[0].legend(fontsize=7)
+    values = (("test_accuracy", "test accuracy", True), ("test_loss", "test loss (nats)", False))
+    figure = Figure(figsize=(13, 8))
+    grid = figure.subplots(len(values), len(costs), sharey="row")
+    for axes_row, (value, value_label, higher_is_better) in zip(grid, values, strict=True):
+        fronts = efficiency_fronts(summary, value=value, higher_is_better=higher_is_better)
+        for axes, (cost, label) in zip(axes_row, costs, strict=True):
+            for family in families:
+                rows = summary[summary["arch"] == family]
+                axes.scatter(rows[cost], rows[value], s=10, color=colours[family], alpha=0.35)
+                front = fronts[(fronts["arch"] == family) & (fronts["cost"] == cost)]
+                axes.plot(front["cost_value"], front["value"], marker="o", markersize=3,
+                          color=colours[family], label=family)
+            axes.set(xscale="log", xlabel=label, yscale="linear" if higher_is_better else "log")
+        axes_row[0].set_ylabel(value_label)
+    grid[0][0].legend(fontsize=7)
     figure.suptitle("cost-efficiency: each family's Pareto front")
     paths.append(_save(figure, out_dir / "cost_efficiency.png"))
     return paths
