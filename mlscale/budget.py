@@ -203,16 +203,21 @@ class Advisor:
         and on a small dataset more passes tend to raise the test loss, not lower it)."""
         return max(MIN_SAMPLES, math.floor(self.model.unique * fm.max_epochs(self.model.unique)))
 
+    def _samples(self, fm: FamilyModel, row: int, budget: float) -> int:
+        """Samples grid row ``row`` sees on ``budget``, within the epoch cap."""
+        per_sample = fm.candidates["train_flops_per_sample"].iloc[row]
+        return min(math.floor(budget / per_sample), self._sample_cap(fm))
+
     def _accuracy(self, fm: FamilyModel, row: int, budget: float) -> float:
         grid = fm.candidates.iloc[row]
-        samples = min(math.floor(budget / grid["train_flops_per_sample"]), self._sample_cap(fm))
+        samples = self._samples(fm, row, budget)
         error = fm.error_fit.predict(N=float(grid["params"]), D=float(samples),
                                      unique=self.model.unique)
         return float(1 - error)
 
     def _option(self, fm: FamilyModel, row: int, budget: float) -> Option:
         grid = fm.candidates.iloc[row]
-        samples = min(math.floor(budget / grid["train_flops_per_sample"]), self._sample_cap(fm))
+        samples = self._samples(fm, row, budget)
         unique = self.model.unique
         loss = _estimate(fm.loss_fit, float(grid["params"]), samples, unique)
         error = _estimate(fm.error_fit, float(grid["params"]), samples, unique)
