@@ -294,9 +294,10 @@ class Advisor:
             nearest_registered_model=_nearest_run(fm, option),
             alternatives=alternatives,
             warnings=self._warnings(fm, option, budget_flops, alternatives)
-            + [f"{other.family} is not ranked: its fit is too weak here (the 95% interval "
-               f"on its test loss spans {spans[other.family]:.3g}x, against "
-               f"{spans[fm.family]:.3g}x for {fm.family}); see its alternative"
+            + [f"{other.family} is not ranked: its fit is too weak here ("
+               + (f"the 95% interval on its test loss spans {spans[other.family]:.3g}x"
+                  if math.isfinite(spans[other.family]) else "it has no finite interval")
+               + f", against {spans[fm.family]:.3g}x for {fm.family}); see its alternative"
                for other in chosen if other.family not in {f.family for f in ranked}
                and other.family in spans],
             train_command=(f"mlscale train --arch {option.family} --width {option.width:g} "
