@@ -201,9 +201,9 @@ def _fit_family(family: str, runs: pd.DataFrame, input_shape: tuple[int, int, in
     from mlscale.scaling import saturation_point
 
     points = {"N": runs["params"], "D": runs["samples_seen"], "unique": runs["train_size"]}
-    loss_fit = _fit_nd({**points, "loss": runs["test_loss"]}, _r_star_choice(runs))
-    # one value of a repeated epoch for both laws, so loss and accuracy tell one story
-    error_fit = _fit_nd({**points, "loss": runs["error_rate"]}, loss_fit.r_star)
+    r_star = _r_star_choice(runs)
+    loss_fit = _fit_nd({**points, "loss": runs["test_loss"]}, r_star)
+    error_fit = _fit_nd({**points, "loss": runs["error_rate"]}, r_star)
     latency = LatencyModel.fit(runs) or pooled
     saturation = None
     with contextlib.suppress(MlscaleError):  # optional: too few or unusable points

@@ -39,8 +39,6 @@ EXTRAPOLATION_FACTOR = 10.0  # warn past this multiple of the largest fitted run
 MIN_SAMPLES = 100  # a configuration must see at least this many samples
 WEAK_FIT_SPAN = 10.0  # warn when the loss interval spans more than this factor
 GRID_PER_DECADE = 24  # budgets per decade when searching for the cheapest or the least
-NEGLIGIBLE_GAIN = 1e-3  # more samples that lower the predicted loss by less buy nothing
-USEFUL_GRID = 400  # sample counts tried per configuration for the samples worth training on
 
 
 @dataclass(frozen=True)
@@ -114,7 +112,6 @@ class Advisor:
     def __init__(self, model: RegistryModel, *, from_cache: bool = False) -> None:
         self.model = model
         self.from_cache = from_cache
-        self._useful: dict[str, NDArray[np.float64]] = {}
 
     @classmethod
     def from_registry(cls, settings: MlflowSettings, dataset: str = "mnist", *,
@@ -174,7 +171,7 @@ class Advisor:
         grid = fm.candidates
         samples = np.minimum(
             np.floor(budgets[:, None] / grid["train_flops_per_sample"].to_numpy()[None]),
-            self._useful_samples(fm)[None])
+            self._sample_cap(fm))
         allowed = samples >= MIN_SAMPLES
         if max_latency_ms is not None:
             if fm.latency is None:
@@ -206,23 +203,10 @@ class Advisor:
         and on a small dataset more passes tend to raise the test loss, not lower it)."""
         return max(MIN_SAMPLES, math.floor(self.model.unique * fm.max_epochs(self.model.unique)))
 
-    def _useful_samples(self, fm: FamilyModel) -> NDArray[np.float64]:
-        """Per grid row, the samples worth training on: the fewest whose predicted loss is
-        within 0.1% of the loss at the epoch cap (when repeats are worth little, the law
-        flattens long before the cap, and the rest of a budget would buy nothing)."""
-        if fm.family not in self._useful:
-            cap = self._sample_cap(fm)
-            params = fm.candidates["params"].to_numpy(dtype=float)[:, None]
-            seen = np.geomspace(min(MIN_SAMPLES, cap), cap, USEFUL_GRID)[None]
-            loss = fm.loss_fit.predict(N=params, D=seen, unique=self.model.unique)
-            enough = loss <= loss[:, -1:] * (1 + NEGLIGIBLE_GAIN)
-            self._useful[fm.family] = np.floor(seen[0, np.argmax(enough, axis=1)])
-        return self._useful[fm.family]
-
     def _samples(self, fm: FamilyModel, row: int, budget: float) -> int:
-        """Samples grid row ``row`` sees on ``budget``, up to the samples worth training on."""
+        """Samples grid row ``row`` sees on ``budget``, within the epoch cap."""
         per_sample = fm.candidates["train_flops_per_sample"].iloc[row]
-        return int(min(math.floor(budget / per_sample), self._useful_samples(fm)[row]))
+        return min(math.floor(budget / per_sample), self._sample_cap(fm))
 
     def _accuracy(self, fm: FamilyModel, row: int, budget: float) -> float:
         grid = fm.candidates.iloc[row]
@@ -376,8 +360,7 @@ class Advisor:
             assert found is not None
             alternatives.append({
                 "kind": "cheapest_within_0.1_points",
-                "why": f"{100 * cheapest / budget:.2g}% of the budget for accuracy within 0.1 "
-                       "points",
+                "why": f"{cheapest / budget:.1%} of the budget for accuracy within 0.1 points",
                 "option": self._option(found[0], found[1], cheapest)})
         fastest = self._fastest_within(ranked, goal, budget, max_latency_ms)
         if fastest is not None and (fastest.family, fastest.width, fastest.depth) != (
@@ -441,15 +424,12 @@ class Advisor:
                 f"{option.predicted_accuracy.value:.2%} predicted)")
         if option.train_flops < budget - option.train_flops_per_sample:
             epochs = fm.max_epochs(self.model.unique)
-            why = (f"the fitted {fm.family} runs made at most {epochs:.3g} passes over their "
-                   "data, so the law is unmeasured past them (and more passes over small data "
-                   "tend to raise test loss)"
-                   if option.samples_seen >= self._sample_cap(fm) else
-                   f"more passes are predicted to lower the test loss by under "
-                   f"{NEGLIGIBLE_GAIN:.1%}")
             warnings.append(
-                f"epochs capped: the recommendation stops at {option.epochs:.3g} epochs and "
-                f"leaves {budget - option.train_flops:.3g} FLOPs unspent: {why}")
+                f"epochs capped: the fitted {fm.family} runs made at most {epochs:.3g} "
+                f"passes over their data, so the law is unmeasured past {epochs:.3g} "
+                f"epochs (and more passes over small data tend to raise test loss); the "
+                f"recommendation stops there and leaves {budget - option.train_flops:.3g} "
+                "FLOPs unspent")
         if option.epochs > 1:
             warnings.append(
                 f"limited data: {option.samples_seen:,} samples seen are {option.epochs:.3g} "
