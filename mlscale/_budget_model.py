@@ -175,35 +175,13 @@ def _usable_runs(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[(values > 0).all(axis=1)]
 
 
-def _r_star_choice(runs: pd.DataFrame) -> float | str:
-    """Fit R* (what repeated epochs are worth) when the runs made several different
-    numbers of passes past the first; else Muennighoff et al.'s R* = 15.4."""
-    from mlscale.scaling import R_STAR
-
-    epochs = (runs["samples_seen"] / runs["train_size"]).round(1)
-    repeated = epochs[epochs > 1.5]
-    return "fit" if len(repeated) >= MIN_DISTINCT and repeated.nunique() >= MIN_DISTINCT \
-        else R_STAR
-
-
-def _fit_nd(points: dict[str, Any], r_star: float | str) -> ScalingFit:
-    """The joint law on effective data; a failed fit of R* falls back to R* = 15.4."""
-    from mlscale.scaling import R_STAR, fit_law
-
-    if r_star == "fit":
-        with contextlib.suppress(MlscaleError):
-            return fit_law(points, "nd", unique="unique", r_star="fit")
-    return fit_law(points, "nd", unique="unique", r_star=R_STAR)
-
-
 def _fit_family(family: str, runs: pd.DataFrame, input_shape: tuple[int, int, int],
                 pooled: LatencyModel | None, on_status: Callable[[str], None]) -> FamilyModel:
-    from mlscale.scaling import saturation_point
+    from mlscale.scaling import fit_law, saturation_point
 
     points = {"N": runs["params"], "D": runs["samples_seen"], "unique": runs["train_size"]}
-    r_star = _r_star_choice(runs)
-    loss_fit = _fit_nd({**points, "loss": runs["test_loss"]}, r_star)
-    error_fit = _fit_nd({**points, "loss": runs["error_rate"]}, r_star)
+    loss_fit = fit_law({**points, "loss": runs["test_loss"]}, "nd", unique="unique")
+    error_fit = fit_law({**points, "loss": runs["error_rate"]}, "nd", unique="unique")
     latency = LatencyModel.fit(runs) or pooled
     saturation = None
     with contextlib.suppress(MlscaleError):  # optional: too few or unusable points

@@ -171,8 +171,7 @@ class ScalingFit:
         if scatter:
             variance = variance + float((self.resid**2).sum()) / df
         half = float(stdtrit(df, 1 - alpha / 2)) * np.sqrt(np.maximum(variance, 0.0))
-        with np.errstate(over="ignore"):  # an unbounded interval is inf, not a warning
-            return value, value * np.exp(-half), value * np.exp(half)
+        return value, value * np.exp(-half), value * np.exp(half)
 
     @property
     def nobs(self) -> int:

@@ -161,22 +161,18 @@ def test_an_empty_registry_is_a_one_line_error(capsys: pytest.CaptureFixture[str
     assert "the registry has no models for dataset 'mnist'" in err and err.count("\n") == 1
 
 
-def _synthetic_frame(seed: int = 0, epochs: tuple[float, ...] = (1, 2, 4),
-                     r_star: float = 15.4) -> pd.DataFrame:
+def _synthetic_frame(seed: int = 0) -> pd.DataFrame:
     """A models_frame of two families: lenet5 with 30 runs on a clean law, vgg_mini with 7
-    runs so noisy that its fit is weak; repeated epochs worth what ``r_star`` says."""
-    from mlscale.scaling import effective_data
-
+    runs so noisy that its fit is weak."""
     rng = np.random.default_rng(seed)
     rows = []
     for family, runs, noise in (("lenet5", 30, 0.02), ("vgg_mini", 7, 0.6)):
         for i in range(runs):
             params = float(rng.choice(np.geomspace(5e3, 1e6, 6)))
             size = float(rng.choice([3000, 10000, 30000, 55000]))
-            seen = size * float(rng.choice(epochs))
+            seen = size * float(rng.choice([1, 2, 4]))
             scale = float(np.exp(rng.normal(0, noise)))
-            d_eff = float(effective_data(seen, size, r_star))
-            loss = (0.02 + 40 * params**-0.6 + 60 * d_eff**-0.55) * scale
+            loss = (0.02 + 40 * params**-0.6 + 60 * seen**-0.55) * scale
             flops = params * 13.5
             rows.append({
                 "name": f"mnist-{family}", "version": i + 1, "dataset": "mnist",
@@ -205,15 +201,3 @@ def test_a_weak_fit_is_shown_but_not_ranked() -> None:
     assert only_vgg.recommendation.family == "vgg_mini"
     with pytest.raises(MlscaleError, match="too small"):
         advisor.advise(1e3)
-
-
-def test_what_repeats_are_worth_is_fitted_when_runs_vary_their_epochs() -> None:
-    varied = build_registry_model(_synthetic_frame(epochs=(1, 3, 9, 27), r_star=2.0),
-                                  "mnist", "synthetic")
-    fit = varied.families["lenet5"].loss_fit
-    assert fit.r_star_fitted and fit.params["R_star"] == pytest.approx(2.0, rel=0.25)
-    fixed = build_registry_model(_synthetic_frame(), "mnist", "synthetic")
-    assert not fixed.families["lenet5"].loss_fit.r_star_fitted  # epochs 1, 2, 4: too few
-    # with repeats worth little, a large budget is not spent on more passes
-    answer = Advisor(varied).advise(1e15)
-    assert answer.recommendation.effective_samples < 4 * 55_000
