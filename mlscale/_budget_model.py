@@ -118,13 +118,14 @@ class FamilyModel:
         return float(self.runs["params"].max())
 
     def max_epochs(self, unique: int) -> float:
-        """The most passes over their data the fitted runs made on at least half of the
-        ``unique`` samples: the law is only measured up to there. One pass when no run
-        used that much data (many passes over a small subset say nothing about them)."""
+        """The passes over their data the fitted runs typically made (the median) on at
+        least half of the ``unique`` samples: past that the law rests on a few runs at most,
+        and on small data more passes raise the test loss, which the law cannot show. One
+        pass when no run used that much data."""
         large = self.runs[self.runs["train_size"] >= unique / 2]
         if large.empty:
             return 1.0
-        return float((large["samples_seen"] / large["train_size"]).max())
+        return float((large["samples_seen"] / large["train_size"]).median())
 
     def to_dict(self) -> dict[str, Any]:
         return {"family": self.family, "loss_fit": self.loss_fit.to_dict(),

@@ -360,7 +360,8 @@ class Advisor:
             assert found is not None
             alternatives.append({
                 "kind": "cheapest_within_0.1_points",
-                "why": f"{cheapest / budget:.1%} of the budget for accuracy within 0.1 points",
+                "why": f"{100 * cheapest / budget:.2g}% of the budget for accuracy within 0.1 "
+                       "points",
                 "option": self._option(found[0], found[1], cheapest)})
         fastest = self._fastest_within(ranked, goal, budget, max_latency_ms)
         if fastest is not None and (fastest.family, fastest.width, fastest.depth) != (
@@ -425,7 +426,7 @@ class Advisor:
         if option.train_flops < budget - option.train_flops_per_sample:
             epochs = fm.max_epochs(self.model.unique)
             warnings.append(
-                f"epochs capped: the fitted {fm.family} runs made at most {epochs:.3g} "
+                f"epochs capped: the fitted {fm.family} runs typically made {epochs:.3g} "
                 f"passes over their data, so the law is unmeasured past {epochs:.3g} "
                 f"epochs (and more passes over small data tend to raise test loss); the "
                 f"recommendation stops there and leaves {budget - option.train_flops:.3g} "
