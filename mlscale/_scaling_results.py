@@ -171,7 +171,8 @@ class ScalingFit:
         if scatter:
             variance = variance + float((self.resid**2).sum()) / df
         half = float(stdtrit(df, 1 - alpha / 2)) * np.sqrt(np.maximum(variance, 0.0))
-        return value, value * np.exp(-half), value * np.exp(half)
+        with np.errstate(over="ignore"):  # an unbounded interval is inf, not a warning
+            return value, value * np.exp(-half), value * np.exp(half)
 
     @property
     def nobs(self) -> int:
