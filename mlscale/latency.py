@@ -32,6 +32,8 @@ __all__ = ["DEFAULT_BATCH_SIZES", "LatencyReport", "LatencyStats", "benchmark_on
 
 DEFAULT_BATCH_SIZES = (1, 32, 256)
 WARMUP_RUNS = 5
+TABLE_HEADERS = ["engine", "batch", "runs", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "mean ms",
+                 "min ms", "max ms", "samples/s"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,16 @@ class LatencyReport:
     @property
     def largest_batch(self) -> LatencyStats:
         return max(self.onnx, key=lambda s: s.batch_size)
+
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        """Headers and formatted rows: ONNX Runtime at each batch size, then torch eager."""
+        rows = [("onnxruntime", s) for s in self.onnx]
+        if self.torch_batch1 is not None:
+            rows.append(("torch eager", self.torch_batch1))
+        return TABLE_HEADERS, [
+            [engine, str(s.batch_size), str(s.runs), f"{s.p50_ms:.4f}", f"{s.p90_ms:.4f}",
+             f"{s.p95_ms:.4f}", f"{s.p99_ms:.4f}", f"{s.mean_ms:.4f}", f"{s.min_ms:.4f}",
+             f"{s.max_ms:.4f}", f"{s.throughput:,.0f}"] for engine, s in rows]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -198,22 +198,6 @@ def _setups(reports: dict[str, LatencyReport]) -> list[str]:
     return [f"{key} ({n} model{'s' if n > 1 else ''})" for key, n in counts.items()]
 
 
-def _stats_rows(report: LatencyReport) -> list[tuple[str, Any]]:
-    rows: list[tuple[str, Any]] = [("onnxruntime", s) for s in report.onnx]
-    if report.torch_batch1 is not None:
-        rows.append(("torch eager", report.torch_batch1))
-    return rows
-
-
-STAT_HEADERS = ["engine", "batch", "runs", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "mean ms",
-                "samples/s"]
-
-
-def _stat_cells(engine: str, s: Any) -> list[str]:
-    return [engine, str(s.batch_size), str(s.runs), f"{s.p50_ms:.4f}", f"{s.p90_ms:.4f}",
-            f"{s.p95_ms:.4f}", f"{s.p99_ms:.4f}", f"{s.mean_ms:.4f}", f"{s.throughput:,.0f}"]
-
-
 def _html_table(headers: list[str], rows: list[list[str]], classes: list[str] | None = None
                 ) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
@@ -232,6 +216,8 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> str:
 
 def _write(summary: pd.DataFrame, reports: dict[str, LatencyReport], plots: list[Path],
            out_dir: Path, tracking_uri: str) -> tuple[Path, Path]:
+    from mlscale.tracking import latency_markdown
+
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     headers = [h for h, _, _ in SUMMARY_COLUMNS] + ["front"]
     rows = [[_cell(row[col], fmt) for _, col, fmt in SUMMARY_COLUMNS]
@@ -245,7 +231,7 @@ def _write(summary: pd.DataFrame, reports: dict[str, LatencyReport], plots: list
     figures = f"<div class='pair'>{''.join(images[:2])}</div>{''.join(images[2:])}"
     details = "".join(
         f"<details{' open' if i == 0 else ''}><summary>{html.escape(uri)}</summary>"
-        + _html_table(STAT_HEADERS, [_stat_cells(e, s) for e, s in _stats_rows(report)])
+        + _html_table(*report.table())
         + f"<p class='note'>{html.escape(report.cpu)}, {report.threads} thread(s)</p></details>"
         for i, (uri, report) in enumerate(reports.items()))
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
@@ -261,8 +247,7 @@ def _write(summary: pd.DataFrame, reports: dict[str, LatencyReport], plots: list
     html_path = out_dir / HTML_NAME
     html_path.write_text(page, encoding="utf-8")
     per_model = "\n\n".join(
-        f"### {uri}\n\n" + _md_table(STAT_HEADERS, [_stat_cells(e, s)
-                                                    for e, s in _stats_rows(report)])
+        f"### {uri}\n\n" + latency_markdown(report)
         for uri, report in reports.items())
     markdown = "\n\n".join([
         "# Deployment latency: what each model costs to serve", intro, "## Models",

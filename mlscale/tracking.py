@@ -239,17 +239,11 @@ def cost_card(result: TrainResult, latency: LatencyReport) -> dict[str, float | 
 
 def latency_markdown(report: LatencyReport) -> str:
     """The latency table as Markdown, with the set-up it was measured on."""
+    headers, rows = report.table()
     lines = [f"ONNX Runtime CPU, {report.threads} thread(s), {report.cpu}; "
              + ", ".join(f"{k} {v}" for k, v in report.versions.items()), "",
-             "| engine | batch | runs | p50 ms | p90 ms | p95 ms | p99 ms | mean ms | min ms "
-             "| max ms | samples/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    rows = [("onnxruntime", s) for s in report.onnx]
-    if report.torch_batch1 is not None:
-        rows.append(("torch eager", report.torch_batch1))
-    for engine, s in rows:
-        lines.append(f"| {engine} | {s.batch_size} | {s.runs} | {s.p50_ms:.4f} | {s.p90_ms:.4f} "
-                     f"| {s.p95_ms:.4f} | {s.p99_ms:.4f} | {s.mean_ms:.4f} | {s.min_ms:.4f} "
-                     f"| {s.max_ms:.4f} | {s.throughput:,.0f} |")
+             "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
