@@ -213,12 +213,17 @@ class _Batches:
         return len(self.labels)
 
     def get(self, index: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch at ``index``: positions (a shuffled batch) or a slice (evaluation)."""
         import torch
 
-        x = self.images[index].float().mul_(self.scale).sub_(self.shift)
+        if isinstance(index, slice):
+            images, labels = self.images[index], self.labels[index]
+        else:  # index_select copies whole rows: 8x faster than advanced indexing here
+            images, labels = self.images.index_select(0, index), self.labels.index_select(0, index)
+        x = images.float().mul_(self.scale).sub_(self.shift)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, self.labels[index]
+        return x, labels
 
 
 def evaluate(model: nn.Module, batches: _Batches) -> tuple[float, float]:

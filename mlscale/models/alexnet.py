@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlscale.models._fast_cpu import MaxPool2x2
 from mlscale.models._registry import ModelSpec, register_model, scale_channels
 
 __all__ = ["AlexNet", "alexnet_mini"]
@@ -39,12 +40,12 @@ class AlexNet(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, c1, 7, padding=3),
             nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
+            MaxPool2x2(),
             nn.Conv2d(c1, c2, 5, padding=2),
             nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
+            MaxPool2x2(),
             *middle,
-            nn.MaxPool2d(2),
+            MaxPool2x2(),
         )
         self.avgpool = nn.AdaptiveAvgPool2d(3)
         self.classifier = nn.Sequential(

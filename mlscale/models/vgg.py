@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
+from mlscale.models._fast_cpu import MaxPool2x2
 from mlscale.models._registry import ModelSpec, register_model, scale_channels
 
 __all__ = ["VGG", "vgg_mini"]
@@ -35,7 +36,7 @@ class VGG(nn.Module):
             for _ in range(convs_per_stage):
                 layers.append(Conv2dNormActivation(in_channels, out_channels, 3))
                 in_channels = out_channels
-            layers.append(nn.MaxPool2d(2))
+            layers.append(MaxPool2x2())
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, num_classes)
