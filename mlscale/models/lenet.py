@@ -3,7 +3,9 @@
 At width 1, depth 1 on a 1x28x28 input (padded to 32x32 by the first conv) it is the
 classic network: 61,706 parameters and 416,520 MACs per forward pass. ``width`` scales
 every layer (6/16 conv channels, 120/84 hidden units); ``depth`` is the number of conv
-layers per stage, each extra one a 3x3 conv + ReLU before the stage's pool.
+layers per stage, each extra one a ReLU + 3x3 conv before the stage's pool. Each stage
+pools before its last ReLU (the two commute) and trains through ``_fast_cpu``'s layers,
+which LeNet's 6-channel maps need on the CPU.
 """
 
 from __future__ import annotations
