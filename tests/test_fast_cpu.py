@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,6 +92,7 @@ def test_pool_falls_back_to_torch_outside_its_rule(case: str,
 
 
 def test_kernel_rejects_what_it_was_not_built_for() -> None:
+    assert native.native_kernels()
     with pytest.raises(RuntimeError, match="channels_last"):
         torch.ops.mlscale.max_pool2x2_forward(torch.zeros(1, 6, 4, 4))
     with pytest.raises(RuntimeError, match="even"):
@@ -102,15 +104,26 @@ def test_kernel_rejects_what_it_was_not_built_for() -> None:
 
 
 def test_a_failed_build_falls_back_with_one_line(monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 tmp_path: Path) -> None:
     def no_compiler(**_: object) -> None:
         raise RuntimeError("Error building extension 'mlscale_cpu_kernels'\nc++: not found")
 
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # nothing built there
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
     assert native.native_kernels.__wrapped__() is False
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "mlscale: compiling its CPU kernels once for this machine (about 20 s)",
         "mlscale: CPU kernels unavailable, using torch's (Error building extension "
-        "'mlscale_cpu_kernels')")
+        "'mlscale_cpu_kernels')",
+    ]
+
+
+def test_the_built_library_is_found_by_its_source_hash(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second process loads the library built for these sources instead of rebuilding."""
+    monkeypatch.setattr(cpp_extension, "load", None)  # any build attempt would fail
+    assert native.native_kernels.__wrapped__() is True
 
 
 def _conv_and_grads(conv: nn.Conv2d, x: torch.Tensor,
