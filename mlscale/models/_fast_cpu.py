@@ -15,7 +15,7 @@ project's CPU (AVX-512 with BF16, batch 256; one LeNet-5 step is about 6 ms):
   shape: slower for 24 and 32, faster for 40.)
 
 torch.compile, the library way to generate such kernels, was slower end to end here and
-took 20 s to compile in every process. Both layers are drop-in ``nn`` subclasses: the
+took 20 s to compile. Both layers are drop-in ``nn`` subclasses: the
 same parameters and outputs, and torch's own kernels for evaluation, export, other
 devices and shapes outside those rules.
 """

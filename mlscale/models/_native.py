@@ -20,8 +20,8 @@ from pathlib import Path
 
 EXTENSION = "mlscale_cpu_kernels"
 SOURCES = [Path(__file__).with_name("csrc") / "max_pool2x2.cpp"]
-CFLAGS = ["-O3", "-fopenmp"]
-LDFLAGS = ["-fopenmp"]
+CFLAGS = ("-O3", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
 
 
 @functools.cache
@@ -45,8 +45,9 @@ def native_kernels() -> bool:
                   file=sys.stderr)
             directory.mkdir(parents=True, exist_ok=True)
             _put_ninja_on_path()
-            load(name=EXTENSION, sources=[str(s) for s in SOURCES], extra_cflags=CFLAGS,
-                 extra_ldflags=LDFLAGS, build_directory=str(directory), is_python_module=False)
+            load(name=EXTENSION, sources=[str(s) for s in SOURCES],  # lists: load() edits them
+                 extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
+                 build_directory=str(directory), is_python_module=False)
         else:
             torch.ops.load_library(library)
     except Exception as error:  # no compiler or ninja, or a failed build: torch's kernels
