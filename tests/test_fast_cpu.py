@@ -98,6 +98,9 @@ def test_kernel_rejects_what_it_was_not_built_for() -> None:
     with pytest.raises(RuntimeError, match="even"):
         torch.ops.mlscale.max_pool2x2_forward(
             torch.zeros(1, 6, 3, 4).contiguous(memory_format=CHANNELS_LAST))
+    with pytest.raises(RuntimeError, match="bf16 or fp32"):
+        torch.ops.mlscale.max_pool2x2_backward(torch.zeros(1, 6, 2, 2, dtype=torch.half),
+                                               torch.zeros(1, 2, 2, 6, dtype=torch.uint8))
     with pytest.raises(RuntimeError, match="winners"):
         torch.ops.mlscale.max_pool2x2_backward(torch.zeros(1, 6, 2, 2),
                                                torch.zeros(1, 2, 2, 5, dtype=torch.uint8))

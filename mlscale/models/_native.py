@@ -65,4 +65,3 @@ def _put_ninja_on_path() -> None:
         except ImportError:
             return
         os.environ["PATH"] = f"{ninja.BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
-

@@ -167,6 +167,8 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x) {
 }
 
 at::Tensor backward(const at::Tensor& grad_pooled, const at::Tensor& winner) {
+  const auto dtype = grad_pooled.scalar_type();
+  TORCH_CHECK(dtype == at::kBFloat16 || dtype == at::kFloat, "max_pool2x2: bf16 or fp32");
   const auto grad = grad_pooled.contiguous(at::MemoryFormat::ChannelsLast);
   TORCH_CHECK(winner.scalar_type() == at::kByte && winner.is_contiguous() &&
                   winner.sizes() == at::IntArrayRef({grad.size(0), grad.size(2), grad.size(3),
