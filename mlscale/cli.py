@@ -176,7 +176,7 @@ def train_command(arch: str, width: float | None, depth: int | None, epochs: int
     """Train one model, export it to ONNX, time it, log it to MLflow and register it."""
     from mlscale.models import model_spec
     from mlscale.tracking import load_settings, train_and_register
-    from mlscale.train import EpochMetrics, Progress, TrainConfig
+    from mlscale.train import EpochMetrics, Progress, TrainConfig, precision_warning
 
     model_spec(arch)  # fail on an unknown name before loading any data
     config = TrainConfig(arch=arch, width=width, depth=depth, dataset=dataset,
@@ -184,6 +184,8 @@ def train_command(arch: str, width: float | None, depth: int | None, epochs: int
                          batch_size=batch_size, lr=lr, seed=seed, device=device,
                          precision=precision, data_root=root)
     config.validate()
+    if warning := precision_warning(config):
+        click.echo(f"Warning: {warning}", err=True)
     settings = load_settings(tracking_uri)
     status = _StatusLine()
 
