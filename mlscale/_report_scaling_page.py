@@ -46,7 +46,7 @@ def _saturation_plot(study: dict[str, Any], points: pd.DataFrame, out: Path) -> 
                        float(points["N"].max()) * 1.3)
         axes.plot(regimes.frontier["N"], regimes.frontier["accuracy"], color="black",
                   linewidth=0.8, linestyle=":", drawstyle="steps-post",
-                  label="frontier, all families")
+                  label="Pareto front, all families")
     for family, info in study["families"].items():
         runs = points[points["arch"] == family]
         best = runs.groupby("N")["accuracy"].max()
@@ -99,7 +99,7 @@ def _efficiency_plot(study: dict[str, Any], points: pd.DataFrame, out: Path) -> 
         for family in study["families"]:
             front = best_by(points[points["arch"] == family], cost, "accuracy")
             axes.plot(front[cost], front["accuracy"], marker="o", markersize=3,
-                      color=colours[family], label=family, drawstyle="default")
+                      color=colours[family], label=family)
         axes.set(xscale="log", xlabel=COST_NAMES[cost], ylabel="best test accuracy so far",
                  title=f"accuracy at equal {COST_NAMES[cost]}")
         axes.legend(fontsize=7)
@@ -117,7 +117,7 @@ def plot_study(study: dict[str, Any], points: pd.DataFrame, out: Path) -> list[P
 
 def _interval(entry: dict[str, float] | None, fmt: str = "{:.3f}") -> str:
     if not entry:
-        return "n/a"
+        return "not fitted"
     if not all(isinstance(entry[end], float) and math.isfinite(entry[end])
                for end in ("lower", "upper")):  # the covariance could not be estimated
         return f"{fmt.format(entry['value'])} [no interval]"

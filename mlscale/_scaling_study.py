@@ -14,21 +14,23 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from mlscale.errors import MlscaleError
-from mlscale.scaling import pareto_front, saturation_point
+from mlscale.scaling import Saturation, pareto_front, saturation_point
 
 __all__ = ["SATURATED_GAIN", "SMALL_GAIN", "Regimes", "best_by", "compute_frontier",
-           "family_saturation", "locate_regimes", "parameter_efficiency", "smoothing_frac"]
+           "family_saturation", "locate_regimes", "parameter_efficiency", "smoothed"]
 
 SATURATED_GAIN = 1e-3  # accuracy per 10x parameters: under 0.1 points is saturated
 SMALL_GAIN = 1e-2  # 1 point or more per 10x parameters: the small, parameter-efficient regime
 EFFICIENCY_GRID = 5  # log-spaced points across the overlap where accuracies are compared
 LOWESS_POINTS = 5  # LOWESS windows hold about this many points (at most 2/3 of them all)
 REGIME_RULE = (
-    "Regimes from the accuracy-parameters frontier over all families (at each parameter "
-    "count, the best test accuracy of any run with at most that many parameters), "
-    f"LOWESS-smoothed on log10 N (windows of about {LOWESS_POINTS} points): after the "
+    "Regimes from the accuracy-parameters Pareto front over all families (the runs that "
+    "no run with as many or fewer parameters matches), "
+    f"LOWESS-smoothed on log10 N (windows of about {LOWESS_POINTS} points, wider where "
+    "a local fit needs it): after the "
     "smoothed gain per 10x parameters peaks, 'small' "
     f"lasts while it is at least {100 * SMALL_GAIN:g} point(s) per 10x, 'large' "
     f"(saturated) starts where it falls under {100 * SATURATED_GAIN:g} points per 10x, "
@@ -45,10 +47,17 @@ def best_by(runs: pd.DataFrame, cost: str, value: str, higher_is_better: bool = 
                          value: running.to_numpy(dtype=float)})
 
 
-def smoothing_frac(points: int) -> float:
-    """LOWESS's share of points per local fit: about ``LOWESS_POINTS``, at most 2/3 (wide
-    windows on many points flatten a sharp saturation; narrow ones on few are noise)."""
-    return min(2 / 3, LOWESS_POINTS / points)
+def smoothed(x: ArrayLike, accuracy: ArrayLike) -> Saturation:
+    """``saturation_point`` with LOWESS windows of about ``LOWESS_POINTS`` points, at most 2/3
+    of them (wide windows on many points flatten a sharp saturation), widened a point at a
+    time where a local fit is undefined (too few distinct x in its window)."""
+    n = len(np.asarray(x))
+    frac = min(2 / 3, LOWESS_POINTS / n)
+    while True:
+        found = saturation_point(x, accuracy, SATURATED_GAIN, frac=frac)
+        if frac >= 1 or not found.curve["smoothed"].isna().any():
+            return found
+        frac = min(1.0, frac + 1 / n)
 
 
 def _first_crossing(curve: pd.DataFrame, threshold: float) -> float | None:
@@ -67,11 +76,11 @@ def _first_crossing(curve: pd.DataFrame, threshold: float) -> float | None:
 
 @dataclass(frozen=True)
 class Regimes:
-    """Small / middle / large model sizes, located on the all-family frontier."""
+    """Small / middle / large model sizes, located on the all-family Pareto front."""
 
     small_until: float | None  # None: the gain never falls under SMALL_GAIN in range
     saturated_from: float | None  # None: never saturated in range
-    frontier: pd.DataFrame  # N, accuracy: the running best over all families
+    frontier: pd.DataFrame  # N, accuracy: the Pareto front over all families
     curve: pd.DataFrame  # x, smoothed, gain_per_decade
     rule: str = REGIME_RULE
 
@@ -91,12 +100,13 @@ class Regimes:
 
 def locate_regimes(runs: pd.DataFrame) -> Regimes:
     """The three regimes by ``REGIME_RULE`` (an error if the frontier has < 4 sizes)."""
-    frontier = best_by(runs, "N", "accuracy")
+    front = pareto_front(runs, "N", "accuracy", minimize_value=False)
+    frontier = pd.DataFrame({"N": front["N"].to_numpy(dtype=float),
+                             "accuracy": front["accuracy"].to_numpy(dtype=float)})
     if len(frontier) < 4:
-        raise MlscaleError(f"the regimes need runs at 4 or more parameter counts; "
+        raise MlscaleError(f"the regimes need a Pareto front of 4 or more parameter counts; "
                            f"got {len(frontier)}")
-    curve = saturation_point(frontier["N"], frontier["accuracy"], SATURATED_GAIN,
-                             frac=smoothing_frac(len(frontier))).curve
+    curve = smoothed(frontier["N"], frontier["accuracy"]).curve
     small = _first_crossing(curve, SMALL_GAIN)
     saturated = _first_crossing(curve, SATURATED_GAIN)
     return Regimes(small, saturated, frontier, curve)
@@ -120,8 +130,7 @@ def family_saturation(runs: pd.DataFrame) -> dict[str, Any]:
         out |= {"saturation_params": None,
                 "reason": f"too few parameter counts ({len(by_size)}; need 4)"}
         return out
-    found = saturation_point(by_size.index.to_numpy(dtype=float), by_size["accuracy"],
-                             SATURATED_GAIN, frac=smoothing_frac(len(by_size)))
+    found = smoothed(by_size.index.to_numpy(dtype=float), by_size["accuracy"])
     out["saturation_params"] = found.x
     out["reason"] = None if found.x is not None else "not saturated in its range"
     if found.x is not None:

@@ -24,6 +24,7 @@ from mlscale._scaling_study import (
     family_saturation,
     locate_regimes,
     parameter_efficiency,
+    smoothed,
 )
 from mlscale.cli import cli
 from mlscale.errors import MlscaleError
@@ -214,9 +215,20 @@ def test_regimes_and_saturation_are_located_from_the_data(points: int) -> None:
         "small", "small", "middle", "large"]
     saturation = family_saturation(runs)
     assert np.log10(saturation["saturation_params"]) == pytest.approx(_crossing(1e-3), abs=0.1)
-    with pytest.raises(MlscaleError, match="4 or more parameter counts"):
+    with pytest.raises(MlscaleError, match="front of 4 or more parameter counts"):
         locate_regimes(runs.iloc[:3])
     assert family_saturation(runs.iloc[:3])["reason"].startswith("too few parameter counts")
+
+
+def test_smoothing_widens_its_window_where_lowess_is_undefined() -> None:
+    from mlscale.scaling import saturation_point
+
+    n = np.array([4157.0, 15738, 61706, 244362, 547978])  # LeNet-5's widths 0.25 to 3
+    accuracy = np.array([0.36, 0.76, 0.84, 0.90, 0.92])
+    assert saturation_point(n, accuracy, frac=2 / 3).curve["smoothed"].isna().any()
+    curve = smoothed(n, accuracy).curve
+    assert not curve["smoothed"].isna().any()
+    assert curve["smoothed"].iloc[-1] > curve["smoothed"].iloc[0]
 
 
 def test_parameter_efficiency_in_points_and_in_parameters() -> None:
