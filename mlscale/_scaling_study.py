@@ -17,7 +17,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from mlscale.errors import MlscaleError
-from mlscale.scaling import Saturation, pareto_front, saturation_point
+from mlscale.scaling import pareto_front, saturation_point
 
 __all__ = ["SATURATED_GAIN", "SMALL_GAIN", "Regimes", "best_by", "compute_frontier",
            "family_saturation", "locate_regimes", "parameter_efficiency", "smoothed"]
@@ -27,14 +27,13 @@ SMALL_GAIN = 1e-2  # 1 point or more per 10x parameters: the small, parameter-ef
 EFFICIENCY_GRID = 5  # log-spaced points across the overlap where accuracies are compared
 LOWESS_POINTS = 5  # LOWESS windows hold about this many points (at most 2/3 of them all)
 REGIME_RULE = (
-    "Regimes from the accuracy-parameters Pareto front over all families (the runs that "
-    "no run with as many or fewer parameters matches), "
-    f"LOWESS-smoothed on log10 N (windows of about {LOWESS_POINTS} points, wider where "
-    "a local fit needs it): after the "
-    "smoothed gain per 10x parameters peaks, 'small' "
-    f"lasts while it is at least {100 * SMALL_GAIN:g} point(s) per 10x, 'large' "
-    f"(saturated) starts where it falls under {100 * SATURATED_GAIN:g} points per 10x, "
-    "'middle' lies between.")
+    "Regimes from the accuracy-parameters Pareto front over all families (the runs that no "
+    "run with as many or fewer parameters matches), LOWESS-smoothed on log10 N (windows of "
+    f"about {LOWESS_POINTS} points, wider where a local fit needs it): after the smoothed "
+    f"gain per 10x parameters peaks, 'small' lasts while it is at least "
+    f"{100 * SMALL_GAIN:g} point(s) per 10x, 'large' (saturated) starts where it falls under "
+    f"{100 * SATURATED_GAIN:g} points per 10x, 'middle' lies between. A family's saturation "
+    "point is found the same way on its own best accuracy at each parameter count.")
 
 
 def best_by(runs: pd.DataFrame, cost: str, value: str, higher_is_better: bool = True
@@ -47,16 +46,16 @@ def best_by(runs: pd.DataFrame, cost: str, value: str, higher_is_better: bool = 
                          value: running.to_numpy(dtype=float)})
 
 
-def smoothed(x: ArrayLike, accuracy: ArrayLike) -> Saturation:
-    """``saturation_point`` with LOWESS windows of about ``LOWESS_POINTS`` points, at most 2/3
-    of them (wide windows on many points flatten a sharp saturation), widened a point at a
-    time where a local fit is undefined (too few distinct x in its window)."""
+def smoothed(x: ArrayLike, accuracy: ArrayLike) -> pd.DataFrame:
+    """``saturation_point``'s LOWESS curve (x, smoothed, gain_per_decade) with windows of
+    about ``LOWESS_POINTS`` points, at most 2/3 of them (wide windows on many points flatten
+    a sharp saturation), widened a point at a time where a local fit is undefined."""
     n = len(np.asarray(x))
     frac = min(2 / 3, LOWESS_POINTS / n)
     while True:
-        found = saturation_point(x, accuracy, SATURATED_GAIN, frac=frac)
-        if frac >= 1 or not found.curve["smoothed"].isna().any():
-            return found
+        curve = saturation_point(x, accuracy, SATURATED_GAIN, frac=frac).curve
+        if frac >= 1 or not curve["smoothed"].isna().any():
+            return curve
         frac = min(1.0, frac + 1 / n)
 
 
@@ -106,7 +105,7 @@ def locate_regimes(runs: pd.DataFrame) -> Regimes:
     if len(frontier) < 4:
         raise MlscaleError(f"the regimes need a Pareto front of 4 or more parameter counts; "
                            f"got {len(frontier)}")
-    curve = smoothed(frontier["N"], frontier["accuracy"]).curve
+    curve = smoothed(frontier["N"], frontier["accuracy"])
     small = _first_crossing(curve, SMALL_GAIN)
     saturated = _first_crossing(curve, SATURATED_GAIN)
     return Regimes(small, saturated, frontier, curve)
@@ -130,13 +129,13 @@ def family_saturation(runs: pd.DataFrame) -> dict[str, Any]:
         out |= {"saturation_params": None,
                 "reason": f"too few parameter counts ({len(by_size)}; need 4)"}
         return out
-    found = smoothed(by_size.index.to_numpy(dtype=float), by_size["accuracy"])
-    out["saturation_params"] = found.x
-    out["reason"] = None if found.x is not None else "not saturated in its range"
-    if found.x is not None:
-        out["saturation_accuracy"] = float(np.interp(
-            np.log10(found.x), np.log10(found.curve["x"]), found.curve["smoothed"]))
-    out["curve"] = found.curve
+    curve = smoothed(by_size.index.to_numpy(dtype=float), by_size["accuracy"])
+    point = _first_crossing(curve, SATURATED_GAIN)
+    out |= {"saturation_params": point, "curve": curve,
+            "reason": None if point is not None else "not saturated in its range"}
+    if point is not None:
+        out["saturation_accuracy"] = float(np.interp(np.log10(point), np.log10(curve["x"]),
+                                                     curve["smoothed"]))
     return out
 
 

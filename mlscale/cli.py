@@ -531,12 +531,13 @@ def report_latency(out_dir: str, models: tuple[str, ...], dataset: str | None, n
 @click.option("--experiment", default=None,
               help="Finished runs of this MLflow experiment (default: the registered models).")
 @click.option("--families", default=None, help="Comma-separated families (default: all).")
-@click.option("--dataset", default=None, help="Only this dataset's registered models.")
+@click.option("--dataset", type=click.Choice(DATASET_NAMES), default="mnist", show_default=True,
+              help="Dataset of the registered models (not used with --experiment).")
 @click.option("--no-log", is_flag=True, help="Do not log the report to MLflow.")
 @tracking_option
 @json_option
 def report_scaling(out_dir: str, experiment: str | None, families: str | None,
-                   dataset: str | None, no_log: bool, tracking_uri: str | None,
+                   dataset: str, no_log: bool, tracking_uri: str | None,
                    as_json: bool) -> None:
     """How each family scales: L(N), L(D), L(N, D) with bands and exponents, saturation and
     regimes, the compute frontier, LeNet-5's parameter efficiency, law selection by AIC/BIC;

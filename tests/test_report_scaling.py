@@ -226,7 +226,7 @@ def test_smoothing_widens_its_window_where_lowess_is_undefined() -> None:
     n = np.array([4157.0, 15738, 61706, 244362, 547978])  # LeNet-5's widths 0.25 to 3
     accuracy = np.array([0.36, 0.76, 0.84, 0.90, 0.92])
     assert saturation_point(n, accuracy, frac=2 / 3).curve["smoothed"].isna().any()
-    curve = smoothed(n, accuracy).curve
+    curve = smoothed(n, accuracy)
     assert not curve["smoothed"].isna().any()
     assert curve["smoothed"].iloc[-1] > curve["smoothed"].iloc[0]
 
