@@ -196,6 +196,29 @@ def _efficiency_rows(study: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     return headers, rows
 
 
+def _efficiency_text(study: dict[str, Any]) -> str:
+    """How the comparison is made, then one verdict per family in numbers."""
+    from mlscale.report_scaling import BASE_FAMILY
+
+    if isinstance(study["efficiency"], dict):
+        return f"Parameter efficiency {study['efficiency']['error']}."
+    text = ["Accuracy on each family's frontier (best run with at most that many parameters "
+            "or training FLOPs), interpolated on the log axis where the families overlap."]
+    for e in study["efficiency"]:
+        at = f"At equal {COST_NAMES[e['cost']]}, {e['family']} against {BASE_FAMILY}:"
+        gap = ("no overlap" if e["overlap"] is None else
+               f"{BASE_FAMILY} is {abs(e['mean_gap_points']):.2f} points "
+               f"{'ahead' if e['mean_gap_points'] >= 0 else 'behind'} on average")
+        best = (f"{BASE_FAMILY}'s best {e['base_best_accuracy']:.2%} (at "
+                f"{e['base_cost_at_best']:.3g} {COST_NAMES[e['cost']]})")
+        match = (f"none of {e['family']}'s runs (best {e['other_best_accuracy']:.2%}) "
+                 f"reaches {best}" if e["other_cost_to_match"] is None else
+                 f"{e['family']} reaches {best} with {e['other_cost_to_match']:.3g} "
+                 f"({e['match_ratio']:.3g}x)")
+        text.append(f"{at} {gap}; {match}.")
+    return " ".join(text)
+
+
 def _law_rows(study: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     headers = ["family", "points", "law", "formula", "AIC", "BIC", "delta AIC", "RMSE",
                "preferred"]
@@ -245,14 +268,13 @@ def _sections(study: dict[str, Any]) -> list[tuple[str, str, Any]]:
         ("Saturation and regimes", _regime_text(study), _saturation_table(study)),
         ("Compute frontier", "Which family holds the frontier in each decade of compute: the "
          "best run trained with at most that many FLOPs.", _decade_table(study)),
-        ("Parameter efficiency", "Accuracy on each family's frontier (best run with at most "
-         "that many parameters or training FLOPs), interpolated on the log axis where the "
-         "families overlap.", None if isinstance(efficiency, str) else efficiency),
+        ("Parameter efficiency", _efficiency_text(study),
+         None if isinstance(efficiency, str) else efficiency),
         ("Law selection", "Test loss against parameters at one data size per family "
          "(the one with most model sizes): power law, logarithmic law and saturating "
          "exponential, one Gaussian likelihood for all, AIC/BIC from statsmodels "
          "(k = curve parameters + 1 for the noise variance).", _law_rows(study)),
-    ] + ([("", efficiency, None)] if isinstance(efficiency, str) else [])
+    ]
 
 
 FIGURES = {"Saturation and regimes": ["saturation"], "Compute frontier": ["compute_frontier"],

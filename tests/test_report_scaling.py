@@ -66,7 +66,8 @@ def test_every_family_is_fitted_or_says_why_not(report: dict, lenet_grid_store: 
     markdown = Path(report["markdown"]).read_text()
     for text in ("Exponents across families", "Saturation and regimes", "Compute frontier",
                  "Parameter efficiency", "Law selection", "vgg_mini", "not fitted",
-                 "a = beta/(alpha+beta)", "AIC", "FLOPs = 2 x MACs"):
+                 "a = beta/(alpha+beta)", "AIC", "FLOPs = 2 x MACs",
+                 "At equal parameters, vgg_mini against lenet5:"):
         assert text in page and text in markdown, text
 
 
