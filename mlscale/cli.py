@@ -176,7 +176,7 @@ def train_command(arch: str, width: float | None, depth: int | None, epochs: int
     """Train one model, export it to ONNX, time it, log it to MLflow and register it."""
     from mlscale.models import model_spec
     from mlscale.tracking import load_settings, train_and_register
-    from mlscale.train import EpochMetrics, Progress, TrainConfig
+    from mlscale.train import EpochMetrics, Progress, TrainConfig, precision_warning
 
     model_spec(arch)  # fail on an unknown name before loading any data
     config = TrainConfig(arch=arch, width=width, depth=depth, dataset=dataset,
@@ -184,6 +184,8 @@ def train_command(arch: str, width: float | None, depth: int | None, epochs: int
                          batch_size=batch_size, lr=lr, seed=seed, device=device,
                          precision=precision, data_root=root)
     config.validate()
+    if warning := precision_warning(config):
+        click.echo(f"Warning: {warning}", err=True)
     settings = load_settings(tracking_uri)
     status = _StatusLine()
 
@@ -521,6 +523,35 @@ def report_latency(out_dir: str, models: tuple[str, ...], dataset: str | None, n
     click.echo(f"markdown: {result.markdown.resolve()}")
     if result.mlflow_run_id:
         click.echo(f"logged to MLflow run {result.mlflow_run_id} (experiment mlscale-reports)")
+
+
+@report.command("scaling")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="reports/scaling",
+              show_default=True, help="Folder for the HTML page, the Markdown and the plots.")
+@click.option("--experiment", default=None,
+              help="Finished runs of this MLflow experiment (default: the registered models).")
+@click.option("--families", default=None, help="Comma-separated families (default: all).")
+@click.option("--dataset", type=click.Choice(DATASET_NAMES), default="mnist", show_default=True,
+              help="Dataset of the registered models (not used with --experiment).")
+@click.option("--no-log", is_flag=True, help="Do not log the report to MLflow.")
+@tracking_option
+@json_option
+def report_scaling(out_dir: str, experiment: str | None, families: str | None,
+                   dataset: str, no_log: bool, tracking_uri: str | None,
+                   as_json: bool) -> None:
+    """How each family scales: L(N), L(D), L(N, D) with bands and exponents, saturation and
+    regimes, the compute frontier, LeNet-5's parameter efficiency, law selection by AIC/BIC;
+    as self-contained HTML and Markdown, logged to MLflow."""
+    from mlscale.report_scaling import print_summary, scaling_report
+    from mlscale.tracking import load_settings
+
+    chosen = [name.strip() for name in families.split(",") if name.strip()] if families else None
+    result = scaling_report(load_settings(tracking_uri), out_dir, experiment=experiment,
+                            dataset=dataset, families=chosen, log=not no_log)
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        print_summary(result)
 
 
 def _parse_batch_sizes(text: str) -> tuple[int, ...]:

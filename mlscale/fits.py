@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from mlscale.scaling import ScalingFit
     from mlscale.tracking import MlflowSettings
 
-__all__ = ["FitReport", "fit_points", "log_fit", "points_from_csv", "points_from_experiment"]
+__all__ = ["FitReport", "fit_points", "log_fit", "points_from_csv", "points_from_experiment",
+           "slice_for_law"]
 
 TARGETS = ("test_loss", "error_rate")
 HOLDOUT_SHARE = 0.2  # the extrapolation check holds out the top 20% of compute
@@ -77,7 +78,8 @@ def points_from_experiment(settings: MlflowSettings, experiment: str, *,
                            target: str = "test_loss", arch: str | None = None
                            ) -> pd.DataFrame:
     """One point per finished training run of ``experiment``: N = params, D = samples seen,
-    C = training FLOPs, ``unique`` = train size, ``k`` = training FLOPs per param per sample.
+    C = training FLOPs, ``unique`` = train size, ``k`` = training FLOPs per param per sample,
+    ``accuracy`` = test accuracy (NaN where the run did not record it).
     """
     import pandas as pd
 
@@ -103,6 +105,7 @@ def points_from_experiment(settings: MlflowSettings, experiment: str, *,
             continue
         rows.append({"N": metrics["params"], "D": metrics["samples_seen"],
                      "C": metrics["train_flops"], "loss": metrics[target],
+                     "accuracy": metrics.get("test_accuracy", float("nan")),
                      "unique": float(params.get("resolved_train_size", "nan")),
                      "k": metrics["train_flops"] / (metrics["params"] * metrics["samples_seen"]),
                      "arch": params.get("arch"), "run_id": run.info.run_id})
@@ -112,7 +115,7 @@ def points_from_experiment(settings: MlflowSettings, experiment: str, *,
     return pd.DataFrame(rows)
 
 
-def _slice_for_law(points: pd.DataFrame, law: str) -> pd.DataFrame:
+def slice_for_law(points: pd.DataFrame, law: str) -> pd.DataFrame:
     """The n-law wants runs at one data size, the d-law at one model size, the c-law the
     compute frontier; pick the slice with the most distinct values of the free variable."""
     from mlscale.scaling import pareto_front
@@ -193,7 +196,7 @@ def fit_points(points: pd.DataFrame, law: str, *, target: str = "test_loss", dro
     missing = [column for column in needed if column not in points.columns]
     if missing:
         raise MlscaleError(f"the {law}-law needs column(s) {missing}")
-    chosen = _slice_for_law(points, law)
+    chosen = slice_for_law(points, law)
     unique = _unique_column(chosen, law)
     fit = fit_law(chosen[[*needed, *([unique] if unique else [])]], law, bootstrap=bootstrap,
                   seed=seed, drop_top=drop_top, unique=unique)

@@ -15,14 +15,25 @@ latency was measured with. The figures come from each version's cost card and it
 
 from __future__ import annotations
 
-import base64
 import html
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from mlscale._report_page import (
+    REPORT_EXPERIMENT,
+    cell,
+    html_page,
+    html_table,
+    img_tag,
+    log_report,
+    md_table,
+    out_folder,
+    plot_style,
+    save_figure,
+)
 from mlscale.errors import MlscaleError
 
 if TYPE_CHECKING:
@@ -33,7 +44,6 @@ if TYPE_CHECKING:
 
 __all__ = ["REPORT_EXPERIMENT", "ReportResult", "latency_report", "select_models"]
 
-REPORT_EXPERIMENT = "mlscale-reports"
 HTML_NAME, MARKDOWN_NAME = "latency_report.html", "latency_report.md"
 SUMMARY_COLUMNS = [  # (header, column, format)
     ("model", "model_uri", "{}"), ("family", "arch", "{}"), ("params", "params", "{:,.0f}"),
@@ -42,16 +52,6 @@ SUMMARY_COLUMNS = [  # (header, column, format)
     ("p99 ms", "latency_p99_ms", "{:.4f}"), ("torch p50 ms", "torch_p50_ms", "{:.4f}"),
     ("ORT speed-up", "ort_speedup", "{:.2f}x"), ("best samples/s", "best_throughput", "{:,.0f}"),
 ]
-STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
-th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f0f3f7} td:first-child,th:first-child{text-align:left}
-tr.front td{background:#eef8ee} img{max-width:100%;border:1px solid #ddd;margin:.5em 0}
-.pair img{width:49%}
-details{margin:.3em 0} summary{cursor:pointer;font-weight:600}
-.note{color:#555;font-size:13px}
-"""
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def _plots(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
         axes.set(xscale="log", xlabel=label, ylabel="test accuracy",
                  title=f"accuracy vs {label.split(' (')[0]}")
         axes.legend(fontsize=7)
-        paths.append(_save(figure, out_dir / name))
+        paths.append(save_figure(figure, out_dir / name))
     costs = (("train_flops", "training FLOPs"), ("params", "parameters"),
              ("latency_p90_ms", "p90 ms, batch 1"))
     values = (("test_accuracy", "test accuracy", True), ("test_loss", "test loss (nats)", False))
@@ -169,23 +169,8 @@ def _plots(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
         axes_row[0].set_ylabel(value_label)
     grid[0][0].legend(fontsize=7)
     figure.suptitle("cost-efficiency: each family's Pareto front")
-    paths.append(_save(figure, out_dir / "cost_efficiency.png"))
+    paths.append(save_figure(figure, out_dir / "cost_efficiency.png"))
     return paths
-
-
-def _save(figure: Any, path: Path) -> Path:
-    figure.tight_layout()
-    try:
-        figure.savefig(path, dpi=100)
-    except OSError as error:
-        raise MlscaleError(f"cannot write {path}: {error.strerror}") from None
-    return path
-
-
-def _cell(value: Any, fmt: str) -> str:
-    if value is None or value != value:  # None or NaN
-        return ""
-    return fmt.format(value)
 
 
 def _setups(reports: dict[str, LatencyReport]) -> list[str]:
@@ -198,52 +183,34 @@ def _setups(reports: dict[str, LatencyReport]) -> list[str]:
     return [f"{key} ({n} model{'s' if n > 1 else ''})" for key, n in counts.items()]
 
 
-def _html_table(headers: list[str], rows: list[list[str]], classes: list[str] | None = None
-                ) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join(
-        f"<tr{' class=' + repr(c) if c else ''}>"
-        + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
-        for row, c in zip(rows, classes or [""] * len(rows), strict=True))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _md_table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _write(summary: pd.DataFrame, reports: dict[str, LatencyReport], plots: list[Path],
            out_dir: Path, tracking_uri: str) -> tuple[Path, Path]:
     from mlscale.tracking import latency_markdown
 
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     headers = [h for h, _, _ in SUMMARY_COLUMNS] + ["front"]
-    rows = [[_cell(row[col], fmt) for _, col, fmt in SUMMARY_COLUMNS]
+    rows = [[cell(row[col], fmt) for _, col, fmt in SUMMARY_COLUMNS]
             + ["yes" if row["on_front"] else ""] for _, row in summary.iterrows()]
     intro = (f"{len(summary)} registered model versions from {tracking_uri}, fastest first "
              f"(p50/p90/p99 at batch 1 in ONNX Runtime; 'front': on the accuracy-latency "
              f"Pareto front; FLOPs = 2 x MACs). Generated {stamp}.")
     setups = _setups(reports)
-    images = [f'<img alt="{p.stem}" src="data:image/png;base64,'
-              f'{base64.b64encode(p.read_bytes()).decode()}">' for p in plots]
+    images = [img_tag(p) for p in plots]
     figures = f"<div class='pair'>{''.join(images[:2])}</div>{''.join(images[2:])}"
     details = "".join(
         f"<details{' open' if i == 0 else ''}><summary>{html.escape(uri)}</summary>"
-        + _html_table(*report.table())
+        + html_table(*report.table())
         + f"<p class='note'>{html.escape(report.cpu)}, {report.threads} thread(s)</p></details>"
         for i, (uri, report) in enumerate(reports.items()))
-    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>mlscale latency report</title><style>{STYLE}</style></head><body>"
+    page = html_page("mlscale latency report", (
             f"<h1>Deployment latency: what each model costs to serve</h1>"
             f"<p class='note'>{html.escape(intro)}</p>"
             f"<h2>Models</h2>"
-            + _html_table(headers, rows, ["front" if f else "" for f in summary["on_front"]])
+            + html_table(headers, rows, ["front" if f else "" for f in summary["on_front"]])
             + f"<h2>Accuracy against cost</h2>{figures}"
             f"<h2>Latency at every batch size</h2>{details}"
             f"<h2>Measured on</h2><ul>"
-            + "".join(f"<li>{html.escape(s)}</li>" for s in setups) + "</ul></body></html>")
+            + "".join(f"<li>{html.escape(s)}</li>" for s in setups) + "</ul>"))
     html_path = out_dir / HTML_NAME
     html_path.write_text(page, encoding="utf-8")
     per_model = "\n\n".join(
@@ -251,7 +218,7 @@ def _write(summary: pd.DataFrame, reports: dict[str, LatencyReport], plots: list
         for uri, report in reports.items())
     markdown = "\n\n".join([
         "# Deployment latency: what each model costs to serve", intro, "## Models",
-        _md_table(headers, rows), "## Accuracy against cost",
+        md_table(headers, rows), "## Accuracy against cost",
         "\n".join(f"![{p.stem}]({p.name})" for p in plots),
         "## Latency at every batch size", per_model, "## Measured on",
         "\n".join(f"- {s}" for s in setups)]) + "\n"
@@ -267,11 +234,7 @@ def latency_report(settings: MlflowSettings, out_dir: str | Path, *,
     and, with ``log``, record it as an MLflow run in the ``mlscale-reports`` experiment."""
     from mlscale.tracking import client, models_frame
 
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise MlscaleError(f"cannot write the report to {out}: {error.strerror}") from None
+    out = out_folder(out_dir)
     frame = select_models(models_frame(settings, dataset=dataset), models)
     if frame.empty:
         raise MlscaleError(f"no registered models in {settings.tracking_uri}"
@@ -280,28 +243,13 @@ def latency_report(settings: MlflowSettings, out_dir: str | Path, *,
     client(settings)  # points mlflow at the stores before artifacts are read
     reports = _load_latency(frame)
     summary = _summary_frame(frame, reports)
-    import matplotlib.style
-
-    with matplotlib.style.context("default"):  # not whatever style another library set
+    with plot_style():
         plots = _plots(summary, out)
     try:
         html_path, md_path = _write(summary, reports, plots, out, settings.tracking_uri)
     except OSError as error:
         raise MlscaleError(f"cannot write the report to {out}: {error.strerror}") from None
-    run_id = _log(settings, [html_path, md_path, *plots], len(summary)) if log else None
+    run_id = log_report(settings, [html_path, md_path, *plots], kind="latency-report",
+                        metrics={"models": len(summary)}) if log else None
     return ReportResult(html_path, md_path, plots, len(summary), run_id)
 
-
-def _log(settings: MlflowSettings, files: list[Path], n_models: int) -> str:
-    """An MLflow run holding the report's own files (nothing else in its folder)."""
-    import mlflow
-
-    from mlscale.tracking import experiment_id, mlflow_errors
-
-    with mlflow_errors(settings), mlflow.start_run(
-            experiment_id=experiment_id(settings, REPORT_EXPERIMENT), run_name="latency-report",
-            tags={"mlscale.kind": "latency-report"}) as run:
-        mlflow.log_metric("models", n_models)
-        for path in files:
-            mlflow.log_artifact(str(path), "latency_report")
-        return str(run.info.run_id)

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from mlscale.data import Splits
     from mlscale.measure import ModelCost
 
-__all__ = ["EpochMetrics", "Progress", "TrainConfig", "TrainResult", "train"]
+__all__ = ["EpochMetrics", "Progress", "TrainConfig", "TrainResult", "bf16_is_native",
+           "precision_warning", "train"]
 
 EVAL_BATCH = 1000
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -179,15 +180,29 @@ def _channels_last_is_safe(model: nn.Module) -> bool:
                    for m in model.modules())
 
 
-def _resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` means bf16 autocast where the hardware runs it natively, else fp32."""
+def bf16_is_native(device: torch.device) -> bool:
+    """Whether the device runs bf16 in hardware (elsewhere torch emulates it, slowly)."""
     import torch
 
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def precision_warning(config: TrainConfig) -> str | None:
+    """Why the requested precision will be slow here (forced bf16 on a device without
+    native bf16), or None."""
+    if config.precision != "bf16" or bf16_is_native(_resolve_device(config.device)):
+        return None
+    return (f"bf16 is not native on {config.device}: it is emulated and trains several "
+            f"times slower than fp32 (--precision auto picks fp32 here)")
+
+
+def _resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` means bf16 autocast where the hardware runs it natively, else fp32."""
     if name != "auto":
         return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    return "bf16" if bf16_is_native(device) else "fp32"
 
 
 def _resolve_device(name: str) -> torch.device:
