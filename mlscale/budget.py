@@ -129,7 +129,7 @@ class Advisor:
             return list(self.model.families.values())
         chosen = []
         for name in families:
-            if name not in self.model.zoo:
+            if name not in self.model.zoo and name not in self.model.skipped and ":" not in name:
                 raise MlscaleError(f"unknown architecture {name!r}; choose one of: "
                                    f"{', '.join(self.model.zoo)}")
             if name not in self.model.families:
