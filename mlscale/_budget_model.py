@@ -255,7 +255,10 @@ def measured_grid(family: str, input_shape: tuple[int, int, int],
 
     spec = model_spec(family)
     builder = inspect.unwrap(spec.builder)
-    source = inspect.getsource(inspect.getmodule(builder) or builder)
+    try:
+        source = inspect.getsource(inspect.getmodule(builder) or builder)
+    except (OSError, TypeError):  # a user family without source files: keyed by its name
+        source = f"{builder.__module__}:{builder.__qualname__}"
     bounds = (spec.width_range, spec.depth_range)
     if not spec.bounded:
         if open_bounds is None:
