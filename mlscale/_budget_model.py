@@ -26,7 +26,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from mlscale._scaling_results import ScalingFit
 from mlscale.errors import MlscaleError
-from mlscale.names import arch_name
+from mlscale.names import arch_name, split_source
 
 if TYPE_CHECKING:
     from mlscale.tracking import MlflowSettings
@@ -314,7 +314,10 @@ def load_registry_model(settings: MlflowSettings, dataset: str, *, refresh: bool
     from mlscale.tracking import models_frame
 
     fingerprint = registry_fingerprint(settings)
-    store = f"{settings.tracking_uri}|{settings.registry_uri}|{dataset}"
+    source = split_source(dataset)  # a user source's relative path: keyed by where it is
+    where = dataset if source is None or source[0] == "torchvision" else (
+        f"{source[0]}:{Path(source[1]).expanduser().resolve()}")
+    store = f"{settings.tracking_uri}|{settings.registry_uri}|{where}"
     path = cache_dir() / f"budget-{hashlib.sha256(store.encode()).hexdigest()[:16]}.json"
     stamp = f"{fingerprint}-{version('mlscale')}-{CACHE_FORMAT}-{_source_hash()}"
     if not refresh and path.is_file():

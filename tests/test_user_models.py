@@ -265,8 +265,15 @@ def test_entry_point_family_on_an_imagefolder_dataset_end_to_end(
         tmp_path: Path, fresh_store: str, capsys: pytest.CaptureFixture[str],
         entry_point_family: str) -> None:
     dataset = f"imagefolder:{write_imagefolder(tmp_path / 'pics', train=480, test=80)}"
+    code, out, err = run_main(capsys, "train", "--arch", entry_point_family, "--dataset",
+                              dataset, "--epochs", "1", "--latency-seconds", "0.01", "--json")
+    assert code == 0, err
+    trained = json.loads(out)
+    assert (trained["registered"]["name"], trained["train_size"]) == (
+        "imagefolder-pics-byonet", 480 - 48)
     outputs = _whole_pipeline(tmp_path, capsys, dataset, entry_point_family, [100, 200, 400])
     assert outputs["search"]["n_trials"] == {"COMPLETE": 9}
+    assert len(outputs["models"]) == 10
     assert {row["name"] for row in outputs["models"]} == {"imagefolder-pics-byonet"}
     assert outputs["budget"]["family"] == "byonet"
     _check_registered_onnx("models:/imagefolder-pics-byonet@champion", (3, 16, 16))
