@@ -26,6 +26,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from mlscale._scaling_results import ScalingFit
 from mlscale.errors import MlscaleError
+from mlscale.names import arch_name, split_source
 
 if TYPE_CHECKING:
     from mlscale.tracking import MlflowSettings
@@ -177,7 +178,8 @@ def _usable_runs(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _fit_family(family: str, runs: pd.DataFrame, input_shape: tuple[int, int, int],
-                pooled: LatencyModel | None, on_status: Callable[[str], None]) -> FamilyModel:
+                num_classes: int, pooled: LatencyModel | None,
+                on_status: Callable[[str], None]) -> FamilyModel:
     from mlscale.scaling import fit_law, saturation_point
 
     points = {"N": runs["params"], "D": runs["samples_seen"], "unique": runs["train_size"]}
@@ -188,7 +190,8 @@ def _fit_family(family: str, runs: pd.DataFrame, input_shape: tuple[int, int, in
     with contextlib.suppress(MlscaleError):  # optional: too few or unusable points
         saturation = saturation_point(runs["train_flops"], runs["test_accuracy"]).x
     return FamilyModel(family, loss_fit, error_fit, latency,
-                       measured_grid(family, input_shape, on_status),
+                       measured_grid(family, input_shape, on_status, num_classes,
+                                     _dial_bounds(runs)),
                        runs[RUN_COLUMNS].reset_index(drop=True), saturation)
 
 
@@ -197,11 +200,12 @@ def build_registry_model(frame: pd.DataFrame, dataset: str, fingerprint: str,
     """Fit every family of ``frame`` (``models_frame`` rows of one dataset) that has enough runs."""
     from mlscale.data import dataset_info
     from mlscale.models import list_models
-    from mlscale.train import TrainConfig
+    from mlscale.names import dataset_name
+    from mlscale.train import default_val_size
 
     info = dataset_info(dataset)
-    unique = info.train_samples - TrainConfig.val_size
-    frame = frame[frame["dataset"] == dataset]
+    unique = info.train_samples - default_val_size(info.train_samples)
+    frame = frame[frame["dataset"] == dataset_name(dataset)]
     if frame.empty:
         raise MlscaleError(f"the registry has no models for dataset {dataset!r}; register some "
                            "first, e.g. mlscale search pipelines/lenet_scaling.yaml")
@@ -217,8 +221,8 @@ def build_registry_model(frame: pd.DataFrame, dataset: str, fingerprint: str,
             continue
         on_status(f"fitting {family} ({len(runs)} runs)")
         try:
-            families[str(family)] = _fit_family(str(family), runs, info.input_shape, pooled,
-                                                on_status)
+            families[str(family)] = _fit_family(str(family), runs, info.input_shape,
+                                                info.num_classes, pooled, on_status)
         except MlscaleError as error:
             skipped[str(family)] = f"the fit failed: {error}"
     if not families:
@@ -228,11 +232,21 @@ def build_registry_model(frame: pd.DataFrame, dataset: str, fingerprint: str,
                          list_models())
 
 
+def _dial_bounds(runs: pd.DataFrame) -> tuple[tuple[float, float], tuple[int, int]]:
+    """The widths and depths the runs span: the grid of a family with open ranges."""
+    width, depth = (pd.to_numeric(runs[c], errors="coerce") for c in ("width", "depth"))
+    return (float(width.min()), float(width.max())), (int(depth.min()), int(depth.max()))
+
+
 def measured_grid(family: str, input_shape: tuple[int, int, int],
-                  on_status: Callable[[str], None] = lambda _: None) -> pd.DataFrame:
+                  on_status: Callable[[str], None] = lambda _: None, num_classes: int = 10,
+                  open_bounds: tuple[tuple[float, float], tuple[int, int]] | None = None
+                  ) -> pd.DataFrame:
     """Params and FLOPs of ``family`` over its dial grid, measured on the meta device.
 
-    Cached per family, keyed by the family's and the measurement's source code.
+    A user family whose ranges are open is measured over ``open_bounds`` (the dials its
+    registered runs span). Cached per family, keyed by the family's and the measurement's
+    source code.
     """
     import torch
 
@@ -240,14 +254,24 @@ def measured_grid(family: str, input_shape: tuple[int, int, int],
     from mlscale.models import get_model, model_spec
 
     spec = model_spec(family)
-    source = inspect.getsource(inspect.getmodule(spec.builder) or spec.builder)
-    key = hashlib.sha256((source + inspect.getsource(measure)
-                          + f"{WIDTH_POINTS}{input_shape}").encode()).hexdigest()[:16]
-    path = cache_dir() / f"zoo-{family}-{key}.json"
+    builder = inspect.unwrap(spec.builder)
+    try:
+        source = inspect.getsource(inspect.getmodule(builder) or builder)
+    except (OSError, TypeError):  # a user family without source files: keyed by its name
+        source = f"{builder.__module__}:{builder.__qualname__}"
+    bounds = (spec.width_range, spec.depth_range)
+    if not spec.bounded:
+        if open_bounds is None:
+            raise MlscaleError(f"family {family} declares no dial ranges and has no runs to "
+                               "take them from")
+        bounds = open_bounds
+    key = hashlib.sha256((source + inspect.getsource(measure) + f"{WIDTH_POINTS}{input_shape}"
+                          f"{num_classes}{bounds}").encode()).hexdigest()[:16]
+    path = cache_dir() / f"zoo-{arch_name(family)}-{key}.json"
     if path.is_file():
         with contextlib.suppress(OSError, ValueError):  # a damaged file is measured again
             return pd.DataFrame(json.loads(path.read_text()))
-    (w_lo, w_hi), (d_lo, d_hi) = spec.width_range, spec.depth_range
+    (w_lo, w_hi), (d_lo, d_hi) = bounds
     widths = sorted({float(f"{w:.3g}") for w in np.geomspace(w_lo, w_hi, WIDTH_POINTS)})
     rows = []
     on_status(f"measuring {family}'s dial grid ({len(widths) * (d_hi - d_lo + 1)} "
@@ -256,8 +280,8 @@ def measured_grid(family: str, input_shape: tuple[int, int, int],
         for width in widths:
             with torch.device("meta"):  # shapes only: no memory, no initialisation
                 model = get_model(family, width=width, depth=depth, in_channels=input_shape[0],
-                                  image_size=input_shape[1])
-            cost = measure.measure_model(model, input_shape)
+                                  num_classes=num_classes, image_size=input_shape[1])
+            cost = measure.measure_model(model, input_shape, num_classes)
             rows.append({"width": width, "depth": depth, "params": cost.params,
                          "flops_per_sample": cost.flops_per_sample,
                          "train_flops_per_sample": cost.train_flops_per_sample})
@@ -290,7 +314,10 @@ def load_registry_model(settings: MlflowSettings, dataset: str, *, refresh: bool
     from mlscale.tracking import models_frame
 
     fingerprint = registry_fingerprint(settings)
-    store = f"{settings.tracking_uri}|{settings.registry_uri}|{dataset}"
+    source = split_source(dataset)  # a user source's relative path: keyed by where it is
+    where = dataset if source is None or source[0] == "torchvision" else (
+        f"{source[0]}:{Path(source[1]).expanduser().resolve()}")
+    store = f"{settings.tracking_uri}|{settings.registry_uri}|{where}"
     path = cache_dir() / f"budget-{hashlib.sha256(store.encode()).hexdigest()[:16]}.json"
     stamp = f"{fingerprint}-{version('mlscale')}-{CACHE_FORMAT}-{_source_hash()}"
     if not refresh and path.is_file():

@@ -129,7 +129,7 @@ class Advisor:
             return list(self.model.families.values())
         chosen = []
         for name in families:
-            if name not in self.model.zoo:
+            if name not in self.model.zoo and name not in self.model.skipped and ":" not in name:
                 raise MlscaleError(f"unknown architecture {name!r}; choose one of: "
                                    f"{', '.join(self.model.zoo)}")
             if name not in self.model.families:
@@ -284,6 +284,11 @@ class Advisor:
                 raise MlscaleError(f"a budget of {budget_flops:.3g} FLOPs is too small: the "
                                    f"cheapest configuration needs {smallest:.3g} FLOPs for "
                                    f"{MIN_SAMPLES} samples")
+            if max_latency_ms is None:  # every prediction is NaN: the fits are degenerate
+                names = ", ".join(f.family for f in ranked)
+                raise MlscaleError(f"no fitted family gives a usable prediction at "
+                                   f"{budget_flops:.3g} FLOPs ({names}); register runs over "
+                                   "more model and data sizes")
             raise MlscaleError(f"no configuration is predicted to serve within {max_latency_ms:g}"
                                " ms at p90 (batch 1); raise --max-latency-ms")
         fm, row = found

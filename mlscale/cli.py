@@ -17,10 +17,28 @@ from mlscale.errors import MlscaleError
 
 DATASET_NAMES = ("mnist", "fashion-mnist")
 
+
+class _DatasetType(click.Choice):
+    """A built-in dataset name, or a user source ``npz:PATH``, ``imagefolder:PATH`` or
+    ``torchvision:NAME`` (checked for form here, read by the command)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> Any:
+        from mlscale.names import split_source
+
+        if isinstance(value, str) and ":" in value:
+            try:
+                split_source(value)
+            except MlscaleError as error:
+                self.fail(str(error), param, ctx)
+            return value
+        return super().convert(value, param, ctx)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 dataset_option = click.option(
-    "--dataset", type=click.Choice(DATASET_NAMES), default="mnist", show_default=True,
-    help="Dataset to use.",
+    "--dataset", type=_DatasetType(DATASET_NAMES), default="mnist", show_default=True,
+    help="Dataset to use: a built-in name, npz:PATH, imagefolder:PATH or torchvision:NAME.",
 )
 tracking_option = click.option(
     "--tracking-uri", default=None,
@@ -71,13 +89,20 @@ def data() -> None:
 @data.command("prepare")
 @dataset_option
 @root_option
+@click.option("--download", is_flag=True,
+              help="torchvision:NAME only: let torchvision download missing files.")
 @json_option
-def data_prepare(dataset: str, root: str | None, as_json: bool) -> None:
-    """Write DATASET in torchvision's layout under the root and verify its MD5s."""
+def data_prepare(dataset: str, root: str | None, download: bool, as_json: bool) -> None:
+    """Write DATASET in torchvision's layout under the root and verify its MD5s; for a
+    user source (npz:, imagefolder:, torchvision:), read and check it and say what it holds."""
     from dataclasses import asdict
 
     from mlscale.data import prepare
+    from mlscale.names import split_source
 
+    if split_source(dataset) is not None:
+        _describe_source(dataset, root, download, as_json)
+        return
     result = prepare(dataset, root)
     if as_json:
         _print_json(asdict(result))
@@ -85,6 +110,21 @@ def data_prepare(dataset: str, root: str | None, as_json: bool) -> None:
     click.echo(f"{result.dataset}: ready in {result.raw_dir} (source: {result.source})")
     for name, md5 in result.md5.items():
         click.echo(f"  {md5}  {name}  (official MD5 matches)")
+
+
+def _describe_source(dataset: str, root: str | None, download: bool, as_json: bool) -> None:
+    from mlscale.sources import load_source
+
+    info = load_source(dataset, root, download=download).info
+    described = {"dataset": dataset, "name": info.name, "input_shape": list(info.input_shape),
+                 "num_classes": info.num_classes, "train_samples": info.train_samples,
+                 "mean": info.mean, "std": info.std}
+    if as_json:
+        _print_json(described)
+        return
+    click.echo(f"{dataset}: {info.name}, {'x'.join(map(str, info.input_shape))} images, "
+               f"{info.num_classes} classes, {info.train_samples:,} train samples "
+               f"(pixel mean {info.mean:.4f}, std {info.std:.4f} on train)")
 
 
 @cli.command()
@@ -96,13 +136,13 @@ def data_prepare(dataset: str, root: str | None, as_json: bool) -> None:
 def zoo(arch: str | None, width: float | None, depth: int | None, dataset: str,
         as_json: bool) -> None:
     """List the model families, or measure one model's params and FLOPs."""
-    from mlscale.data import DATASETS
+    from mlscale.data import dataset_info
     from mlscale.measure import measure_model
     from mlscale.models import get_model, list_models, model_spec
 
     if arch is None and (width is not None or depth is not None):
         raise MlscaleError("--width and --depth need --arch")
-    info = DATASETS[dataset]
+    info = dataset_info(dataset)
     rows = []
     for name in [arch] if arch else list_models():
         spec = model_spec(name)
@@ -115,13 +155,21 @@ def zoo(arch: str | None, width: float | None, depth: int | None, dataset: str,
             "arch": name, "width": w, "depth": d, "params": cost.params,
             "flops_per_sample": cost.flops_per_sample,
             "train_flops_per_sample": cost.train_flops_per_sample,
-            "width_range": list(spec.width_range), "depth_range": list(spec.depth_range),
-            "description": spec.description,
+            "width_range": _open_range(spec.width_range),
+            "depth_range": _open_range(spec.depth_range),
+            "description": spec.description, "source": spec.source or None,
         })
     if as_json:
         _print_json(rows[0] if arch else rows)
         return
     _print_zoo_table(rows)
+
+
+def _open_range(bounds: tuple[float, float]) -> list[float | None]:
+    """A dial range for JSON: an upper end a user family leaves open is null."""
+    from mlscale.models._user import UNBOUNDED_DEPTH
+
+    return [bounds[0], bounds[1] if bounds[1] < UNBOUNDED_DEPTH else None]
 
 
 def _print_zoo_table(rows: list[dict[str, Any]]) -> None:
@@ -136,7 +184,8 @@ def _print_zoo_table(rows: list[dict[str, Any]]) -> None:
         table.add_row(
             row["arch"], f"{row['width']:g}", str(row["depth"]), f"{row['params']:,}",
             f"{row['flops_per_sample']:,}", f"{row['train_flops_per_sample']:,}",
-            "{:g}-{:g}".format(*row["width_range"]), "{}-{}".format(*row["depth_range"]),
+            *(f"{low:g}-{'any' if high is None else f'{high:g}'}"
+              for low, high in (row["width_range"], row["depth_range"])),
         )
     console = Console()
     if not console.is_terminal:  # piped: print every column in full rather than at 80

@@ -109,7 +109,7 @@ class PrepareResult:
 
 @dataclass(frozen=True)
 class Splits:
-    """A dataset held in memory: uint8 images (N, H, W) and int64 labels (N,)."""
+    """A dataset held in memory: uint8 images (N, H, W) or (N, C, H, W), int64 labels (N,)."""
 
     info: DatasetInfo
     train_images: torch.Tensor
@@ -118,12 +118,22 @@ class Splits:
     test_labels: torch.Tensor
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    """The DatasetInfo for ``name``, or a one-line error listing the known datasets."""
+def dataset_info(name: str, root: str | os.PathLike[str] | None = None) -> DatasetInfo:
+    """The DatasetInfo for ``name``, or a one-line error listing the known datasets.
+
+    A user source (``npz:``, ``imagefolder:``, ``torchvision:``; see ``mlscale.sources``)
+    is read to infer its shape, classes and statistics (once per process).
+    """
+    from mlscale.names import split_source
+
+    if split_source(name) is not None:
+        from mlscale.sources import load_source
+
+        return load_source(name, root).info
     try:
         return DATASETS[name]
     except KeyError:
-        known = ", ".join(DATASETS)
+        known = ", ".join([*DATASETS, "npz:PATH", "imagefolder:PATH", "torchvision:NAME"])
         raise MlscaleError(f"unknown dataset '{name}'; choose one of: {known}") from None
 
 
@@ -307,6 +317,12 @@ def load(dataset: str, root: str | os.PathLike[str] | None = None) -> Splits:
     """Prepare ``dataset`` if needed and read each split once into uint8 tensors."""
     import torchvision.datasets
 
+    from mlscale.names import split_source
+
+    if split_source(dataset) is not None:
+        from mlscale.sources import load_source
+
+        return load_source(dataset, root)
     info = dataset_info(dataset)
     result = prepare(dataset, root)
     dataset_class = getattr(torchvision.datasets, info.folder)

@@ -314,6 +314,8 @@ def _plot_isoflops(fit: ScalingFit, points: pd.DataFrame, k: float, out_dir: Pat
     figure, axes = plt.subplots(figsize=(6, 4.2))
     for c in c_values:
         n_opt = float(allocation.N_opt(c))
+        if not (np.isfinite(n_opt) and n_opt > 0):  # a degenerate fit (few, noisy runs)
+            continue
         n = np.logspace(np.log10(n_opt) - 1.5, np.log10(n_opt) + 1.5, 100)
         axes.plot(n, fit.predict(N=n, D=c / (k * n)), label=f"C = {c:.2g}")
         axes.scatter([n_opt], fit.predict(N=n_opt, D=c / (k * n_opt)), color="black", s=12)

@@ -66,7 +66,7 @@ class Pipeline:
     pruner: str = "median"
     objectives: tuple[str, ...] = ("val_loss",)
     seed: int = 0
-    val_size: int = 5000
+    val_size: int | None = None  # None: the trainer's default (5000, less for small datasets)
     evaluations: int | None = 4  # validations per trial, evenly spaced; None: every epoch
     latency_seconds: float = 0.1
     source: str = field(default="", compare=False)
@@ -169,7 +169,7 @@ def _check_family_ranges(family: str, key: str, space: Mapping[str, Range]) -> N
 def parse_pipeline(raw: Any, source: str = "<pipeline>") -> Pipeline:
     """Validate a pipeline read from YAML; every error names the offending key."""
     from mlscale.data import DATASETS
-    from mlscale.models import list_models
+    from mlscale.models import model_spec
 
     if not isinstance(raw, Mapping):
         raise MlscaleError(f"{source}: expected a mapping at the top level")
@@ -178,18 +178,27 @@ def parse_pipeline(raw: Any, source: str = "<pipeline>") -> Pipeline:
     for required in ("name", "dataset", "families", "search_space", "budget_flops"):
         if required not in raw:
             raise MlscaleError(f"{source}: missing key {required}")
-    if raw["dataset"] not in DATASETS:
+    if isinstance(raw["dataset"], str) and ":" in raw["dataset"]:  # a user source
+        from mlscale.sources import check_source
+
+        try:
+            check_source(raw["dataset"])
+        except MlscaleError as error:
+            raise MlscaleError(f"dataset: {error}") from None
+    elif raw["dataset"] not in DATASETS:
         raise MlscaleError(f"dataset: unknown dataset {raw['dataset']!r}; choose one of: "
-                           f"{', '.join(DATASETS)}")
+                           f"{', '.join(DATASETS)}, npz:PATH, imagefolder:PATH, "
+                           "torchvision:NAME")
     families_raw = raw["families"]
     if isinstance(families_raw, list):
         families_raw = {name: None for name in families_raw}
     if not isinstance(families_raw, Mapping) or not families_raw:
         raise MlscaleError("families: expected a non-empty list or mapping of family names")
     for family in families_raw:
-        if family not in list_models():
-            raise MlscaleError(f"families: unknown architecture {family!r}; choose from "
-                               f"{', '.join(list_models())}")
+        try:
+            model_spec(family)  # a zoo name, an entry point or package.module:builder
+        except MlscaleError as error:
+            raise MlscaleError(f"families: {error}") from None
     space = _parse_space("search_space", raw["search_space"], tuple(KNOBS))
     family_space = {family: _parse_space(f"families.{family}", spec, FAMILY_KNOBS)
                      for family, spec in families_raw.items()}
@@ -242,8 +251,9 @@ def parse_pipeline(raw: Any, source: str = "<pipeline>") -> Pipeline:
     seed = raw.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise MlscaleError(f"seed: expected an integer, got {seed!r}")
-    val_size = raw.get("val_size", 5000)
-    if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 1:
+    val_size = raw.get("val_size")
+    if val_size is not None and (isinstance(val_size, bool) or not isinstance(val_size, int)
+                                 or val_size < 1):
         raise MlscaleError(f"val_size: expected a positive integer, got {val_size!r}")
     evaluations = raw.get("evaluations", 4)
     if evaluations is not None and (isinstance(evaluations, bool) or not isinstance(
@@ -270,4 +280,15 @@ def load_pipeline(path: str | Path) -> Pipeline:
         raise MlscaleError(f"cannot read pipeline {path}: {error.strerror}") from None
     except yaml.YAMLError as error:
         raise MlscaleError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+    if isinstance(raw, dict) and isinstance(raw.get("dataset"), str):
+        raw["dataset"] = _anchored_source(raw["dataset"], path.parent)
     return parse_pipeline(raw, str(path))
+
+
+def _anchored_source(dataset: str, folder: Path) -> str:
+    """A user source's relative path read against the pipeline file's folder."""
+    kind, _, argument = dataset.partition(":")
+    if kind not in ("npz", "imagefolder") or not argument or Path(argument).expanduser(
+            ).is_absolute():
+        return dataset
+    return f"{kind}:{(folder / argument).resolve()}"

@@ -147,9 +147,9 @@ class _Costs:
     """Training FLOPs per sample by (family, width, depth), measured once each."""
 
     def __init__(self, pipeline: Pipeline) -> None:
-        from mlscale.data import DATASETS
+        from mlscale.data import dataset_info
 
-        self.info = DATASETS[pipeline.dataset]
+        self.info = dataset_info(pipeline.dataset)
         self.cache: dict[tuple[str, float, int], int] = {}
 
     def per_sample(self, family: str, width: float, depth: int) -> int:

@@ -65,10 +65,15 @@ class MlflowSettings:
     registered_model: str = "{dataset}-{arch}"
 
     def experiment_name(self, dataset: str) -> str:
-        return self.experiment.format(dataset=dataset)
+        from mlscale.names import dataset_name
+
+        return self.experiment.format(dataset=dataset_name(dataset))
 
     def model_name(self, dataset: str, arch: str) -> str:
-        return self.registered_model.format(dataset=dataset, arch=arch)
+        """The registered model's name, by the rules of ``mlscale.names``."""
+        from mlscale.names import arch_name, dataset_name
+
+        return self.registered_model.format(dataset=dataset_name(dataset), arch=arch_name(arch))
 
 
 def _config_path() -> Path | None:
@@ -334,7 +339,8 @@ def train_and_register(
         result = train(config, data=data, on_progress=on_progress, on_epoch=on_epoch)
         clock.lap("train")
         _log_training(result)
-        images = data.test_images[:256].unsqueeze(1).float().div(255)
+        images = data.test_images[:256]
+        images = (images.unsqueeze(1) if images.dim() == 3 else images).float().div(255)
         batch = images.sub(data.info.mean).div(data.info.std)
         exported = export_onnx(result.model, batch)
         clock.lap("export")
@@ -360,9 +366,13 @@ def train_and_register(
         if register:
             model_name = settings.model_name(config.dataset, config.arch)
             tags = {k: _tag_value(v) for k, v in card.items()}
-            tags |= {"dataset": config.dataset, "arch": config.arch,
+            tags |= {"dataset": data.info.name, "arch": config.arch,
                      "width": _tag_value(result.width), "depth": str(result.depth),
-                     "run_name": result.run_name}
+                     "run_name": result.run_name,
+                     "input_shape": "x".join(map(str, data.info.input_shape)),
+                     "num_classes": str(data.info.num_classes)}
+            if data.info.name != config.dataset:  # a user source: where its files are
+                tags["dataset_source"] = config.dataset
             number = _register(mlflow_client, model_name, model_info.model_uri, run_id, tags,
                                _description(result, latency))
             champion = _move_champion(mlflow_client, model_name, number, result.test_accuracy)
@@ -446,10 +456,14 @@ def load_registered_onnx(uri: str, settings: MlflowSettings) -> tuple[bytes, nn.
             weights = mlflow_client.download_artifacts(version.run_id, TORCH_WEIGHTS)
         except (OSError, mlflow.exceptions.MlflowException):
             return proto.SerializeToString(), None
-    info = dataset_info(tags["dataset"])
+    if "input_shape" in tags:  # the cost card says what the model takes and gives
+        channels, size, _ = (int(n) for n in tags["input_shape"].split("x"))
+        classes = int(tags["num_classes"])
+    else:  # versions registered before the card carried the shape: built-in datasets
+        info = dataset_info(tags["dataset"])
+        (channels, size, _), classes = info.input_shape, info.num_classes
     model = get_model(tags["arch"], width=float(tags["width"]), depth=int(tags["depth"]),
-                      in_channels=info.input_shape[0], num_classes=info.num_classes,
-                      image_size=info.input_shape[1])
+                      in_channels=channels, num_classes=classes, image_size=size)
     model.load_state_dict(torch.load(weights, weights_only=True))
     return proto.SerializeToString(), model.eval()
 
@@ -521,8 +535,10 @@ def models_frame(settings: MlflowSettings, *, dataset: str | None = None,
                                         "created"])
     for column in NUMERIC_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    if dataset is not None:
-        frame = frame[frame["dataset"] == dataset]
+    if dataset is not None:  # a user source's spec or its registry name
+        from mlscale.names import dataset_name
+
+        frame = frame[frame["dataset"] == dataset_name(dataset)]
     if arch is not None:
         frame = frame[frame["arch"] == arch]
     return frame.sort_values(["test_accuracy", "name", "version"],

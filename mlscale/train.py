@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from mlscale.measure import ModelCost
 
 __all__ = ["EpochMetrics", "Progress", "TrainConfig", "TrainResult", "bf16_is_native",
-           "precision_warning", "train"]
+           "default_val_size", "precision_warning", "train"]
 
 EVAL_BATCH = 1000
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -41,7 +41,7 @@ class TrainConfig:
     depth: int | None = None
     dataset: str = "mnist"
     train_size: int | None = None  # None: the whole train split left after validation
-    val_size: int = 5000
+    val_size: int | None = None  # None: default_val_size (5000, less for small datasets)
     epochs: int | None = None  # exactly one of epochs / max_train_flops; neither: 3 epochs
     max_train_flops: float | None = None
     batch_size: int | None = None  # None: 256, less for small subsets (see auto_batch_size)
@@ -306,15 +306,23 @@ def _one_cycle(total_steps: int, warmup_share: float = 0.25) -> Callable[[int], 
     return factor
 
 
+def default_val_size(train_samples: int) -> int:
+    """The validation split carved from a train split of ``train_samples``: 5000, or a
+    tenth of the split when that is less (a small user dataset)."""
+    return max(1, min(5000, train_samples // 10))
+
+
 def _select_training_subset(data: Splits, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     from mlscale.data import split_validation, stratified_subset
 
-    train_idx, val_idx = split_validation(data.train_labels, config.val_size, config.seed)
+    val_size = (config.val_size if config.val_size is not None
+                else default_val_size(len(data.train_labels)))
+    train_idx, val_idx = split_validation(data.train_labels, val_size, config.seed)
     available = len(train_idx)
     size = config.train_size if config.train_size is not None else available
     if not 1 <= size <= available:
         raise MlscaleError(
-            f"train size must be in [1, {available}] (the train split less {config.val_size} "
+            f"train size must be in [1, {available}] (the train split less {val_size} "
             f"validation samples), got {size}"
         )
     if size < available:

@@ -115,7 +115,8 @@ def _one_line_error(**kwargs: object) -> str:
 def test_unknown_architecture_lists_the_choices() -> None:
     assert _one_line_error(name="gpt2") == (
         "unknown architecture 'gpt2'; choose one of: alexnet_mini, efficientnet_mini, "
-        "inception_mini, lenet5, resnet_mini, vgg_mini"
+        "inception_mini, lenet5, resnet_mini, vgg_mini, or name a builder as "
+        "package.module:function"
     )
 
 

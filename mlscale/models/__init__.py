@@ -2,6 +2,8 @@
 
 ``width`` multiplies channel counts and ``depth`` sets layer counts (EfficientNet's
 ``depth`` is its compound coefficient phi); each family states its allowed ranges.
+``model_spec`` also resolves user families: ``package.module:builder`` names and the
+``mlscale.models`` entry points of installed packages (see ``_user``).
 
 >>> import mlscale.models as models
 >>> models.list_models()

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
 
 from mlscale.errors import MlscaleError
+from mlscale.models._user import (
+    ENTRY_POINT_GROUP,
+    UNBOUNDED_DEPTH,
+    adapt_builder,
+    entry_point_families,
+    is_import_path,
+)
 
 __all__ = [
     "ModelSpec",
+    "format_range",
     "get_model",
     "list_models",
     "model_spec",
@@ -25,7 +34,8 @@ class ModelSpec:
     """A model family: its builder, the allowed range of each dial and their defaults.
 
     ``builder`` takes the keyword arguments ``width``, ``depth``, ``in_channels``,
-    ``num_classes`` and ``image_size``; both ranges are inclusive.
+    ``num_classes`` and ``image_size``; both ranges are inclusive. ``source`` is the
+    ``module:builder`` of a user family (empty for the built-in ones).
     """
 
     name: str
@@ -35,9 +45,16 @@ class ModelSpec:
     default_width: float
     default_depth: int
     description: str
+    source: str = ""
+
+    @property
+    def bounded(self) -> bool:
+        """Whether both dial ranges are finite (user families may leave them open)."""
+        return self.width_range[1] < math.inf and self.depth_range[1] < UNBOUNDED_DEPTH
 
 
 _MODELS: dict[str, ModelSpec] = {}
+_USER_MODELS: dict[str, ModelSpec] = {}  # resolved user families, by the name they were given
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
@@ -49,17 +66,32 @@ def register_model(spec: ModelSpec) -> ModelSpec:
 
 
 def list_models() -> list[str]:
-    """The registered architecture names, sorted."""
-    return sorted(_MODELS)
+    """The architecture names: the built-in ones and installed entry points, sorted."""
+    declared = entry_point_families()
+    if clash := sorted(set(declared) & set(_MODELS)):
+        raise MlscaleError(f"the {ENTRY_POINT_GROUP} entry point {clash[0]!r} "
+                           f"({declared[clash[0]]}) clashes with a built-in family; rename it")
+    return sorted(set(_MODELS) | set(declared))
 
 
 def model_spec(name: str) -> ModelSpec:
-    """The spec registered as ``name``; an unknown name is a user error."""
-    try:
+    """The family ``name`` resolves to, the one place where names are resolved: a
+    registered family, an ``mlscale.models`` entry point, or ``package.module:builder``.
+    An unknown name is a user error."""
+    if name in _MODELS:
         return _MODELS[name]
-    except KeyError:
+    if name in _USER_MODELS:
+        return _USER_MODELS[name]
+    if not isinstance(name, str):
+        raise MlscaleError(f"architecture must be a name, got {name!r}")
+    target = entry_point_families().get(name) or (name if is_import_path(name) else None)
+    if target is None:
         choices = ", ".join(list_models())
-        raise MlscaleError(f"unknown architecture {name!r}; choose one of: {choices}") from None
+        raise MlscaleError(f"unknown architecture {name!r}; choose one of: {choices}, or "
+                           "name a builder as package.module:function")
+    spec = ModelSpec(**adapt_builder(name, target))
+    _USER_MODELS[name] = spec
+    return spec
 
 
 def get_model(
@@ -89,9 +121,11 @@ def get_model(
         or width <= 0
         or not w_lo <= width <= w_hi
     ):
-        raise MlscaleError(f"width must be in [{w_lo:g}, {w_hi:g}] for {name}, got {width}")
+        raise MlscaleError(f"width must be in {format_range(spec.width_range)} for {name}, "
+                           f"got {width}")
     if isinstance(depth, bool) or not isinstance(depth, int) or not d_lo <= depth <= d_hi:
-        raise MlscaleError(f"depth must be an integer in [{d_lo}, {d_hi}] for {name}, got {depth}")
+        raise MlscaleError(f"depth must be an integer in {format_range(spec.depth_range)} for "
+                           f"{name}, got {depth}")
     return spec.builder(
         width=width,
         depth=depth,
@@ -99,6 +133,12 @@ def get_model(
         num_classes=num_classes,
         image_size=image_size,
     )
+
+
+def format_range(bounds: tuple[float, float]) -> str:
+    """``[low, high]``, or ``[low, any]`` for a range a user family leaves open."""
+    high = "any" if bounds[1] >= UNBOUNDED_DEPTH else f"{bounds[1]:g}"
+    return f"[{bounds[0]:g}, {high}]"
 
 
 def run_name(name: str, width: float, depth: int) -> str:

@@ -1,0 +1,279 @@
+"""User model families, by import path and by entry point, and the whole pipeline on a
+user's family and dataset: train, search, models, latency, fit, budget and the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from _byo import write_imagefolder, write_npz
+from _cli import run_main
+from torch import nn
+
+from mlscale.errors import MlscaleError
+from mlscale.measure import measure_model
+from mlscale.models import _registry, get_model, list_models, model_spec
+from mlscale.names import arch_name, dataset_name
+from mlscale.pipeline import parse_pipeline
+
+FAMILY = "test_user_models:tiny_family"  # this module: pytest puts tests/ on sys.path
+
+
+def tiny_family(*, width: float = 1.0, depth: int = 2, in_channels: int = 1,
+                num_classes: int = 10, image_size: int = 28) -> nn.Module:
+    """Tiny test family: ``depth`` 3x3 convs of 8 x width channels, global pooling."""
+    channels = max(1, round(8 * width))
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU()]
+    for _ in range(depth - 1):
+        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(channels, num_classes))
+
+
+def ranged_family(**dials: Any) -> nn.Module:
+    return tiny_family(**dials)
+
+
+ranged_family.width_range = (0.5, 2.0)  # type: ignore[attr-defined]
+ranged_family.depth_range = (1, 3)  # type: ignore[attr-defined]
+
+
+def exploding(**dials: Any) -> nn.Module:
+    raise ValueError("boom")
+
+
+def returns_nothing(**dials: Any) -> None:
+    return None
+
+
+def wrong_classes(*, num_classes: int = 10, **dials: Any) -> nn.Module:
+    return tiny_family(num_classes=num_classes + 1, **dials)
+
+
+def lacks_dials(width: float = 1.0) -> nn.Module:
+    return nn.Linear(1, 1)
+
+
+@pytest.fixture
+def isolated_families(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resolved user families forgotten after the test."""
+    monkeypatch.setattr(_registry, "_USER_MODELS", {})
+
+
+def _install_entry_point(site: Path, name: str, target: str) -> None:
+    """A real installed distribution: a module and a dist-info with entry_points.txt."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "byo_nets.py").write_text(
+        "from test_user_models import tiny_family\n\n"
+        "def build(**dials):\n    '''Entry-point family.'''\n    return tiny_family(**dials)\n")
+    dist = site / "byo_nets-0.1.dist-info"
+    dist.mkdir(exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: byo-nets\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[mlscale.models]\n{name} = {target}\n")
+
+
+@pytest.fixture
+def entry_point_family(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                       isolated_families: None) -> str:
+    _install_entry_point(tmp_path / "site", "byonet", "byo_nets:build")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    return "byonet"
+
+
+def test_import_path_family_has_signature_defaults_and_open_ranges(isolated_families: None
+                                                                   ) -> None:
+    spec = model_spec(FAMILY)
+    assert (spec.default_width, spec.default_depth, spec.source) == (1.0, 2, FAMILY)
+    assert spec.description.startswith("Tiny test family") and not spec.bounded
+    model = get_model(FAMILY, width=2, depth=3, in_channels=3, num_classes=4, image_size=16)
+    assert model(torch.zeros(5, 3, 16, 16)).shape == (5, 4)
+    direct = tiny_family(width=2, depth=3, in_channels=3, num_classes=4, image_size=16)
+    assert measure_model(model, (3, 16, 16), 4) == measure_model(direct, (3, 16, 16), 4)
+    ranged = model_spec("test_user_models:ranged_family")
+    assert (ranged.width_range, ranged.depth_range, ranged.bounded) == ((0.5, 2.0), (1, 3), True)
+    with pytest.raises(MlscaleError, match=r"^width must be in \[0.5, 2\] for test_user_models"
+                                           r":ranged_family, got 3$"):
+        get_model("test_user_models:ranged_family", width=3)
+
+
+@pytest.mark.parametrize(("builder", "message"), [
+    ("exploding", "family test_user_models:exploding failed at width=1.0, depth=1, "
+                  "in_channels=1, num_classes=10, image_size=28: ValueError: boom"),
+    ("returns_nothing", "family test_user_models:returns_nothing returned NoneType, not an "
+                        "nn.Module, at width=1.0, depth=1"),
+    ("wrong_classes", "family test_user_models:wrong_classes: output shape (2, 11) at width=1.0,"
+                      " depth=1, in_channels=1, num_classes=10, image_size=28; expected "
+                      "(batch, num_classes) = (2, 10)"),
+    ("lacks_dials", "family test_user_models:lacks_dials: the builder must accept the keyword "
+                    "arguments width, depth, in_channels, num_classes, image_size; it lacks "
+                    "depth, in_channels, num_classes, image_size"),
+    ("no_such_builder", "family test_user_models:no_such_builder: test_user_models has no "
+                        "attribute no_such_builder"),
+])
+def test_broken_builders_are_one_line_errors(builder: str, message: str,
+                                             isolated_families: None) -> None:
+    with pytest.raises(MlscaleError) as excinfo:
+        get_model(f"test_user_models:{builder}")
+    assert str(excinfo.value).startswith(message) and "\n" not in str(excinfo.value)
+
+
+def test_unknown_module_in_a_pipeline_and_on_the_command_line(
+        capsys: pytest.CaptureFixture[str], isolated_families: None) -> None:
+    raw = {"name": "t", "dataset": "mnist", "families": ["no_such_module:net"],
+           "search_space": {"width": 1.0, "depth": 1, "train_size": 100, "epochs": 1,
+                            "lr": 1e-3}, "budget_flops": 1e12}
+    with pytest.raises(MlscaleError, match=r"^families: family no_such_module:net: cannot "
+                                           r"import no_such_module: No module named"):
+        parse_pipeline(raw)
+    raw["families"] = {"test_user_models:ranged_family": {"width": {"low": 0.1, "high": 1}}}
+    with pytest.raises(MlscaleError, match=r"lies outside test_user_models:ranged_family's"):
+        parse_pipeline(raw)
+    code, _, err = run_main(capsys, "zoo", "--arch", "test_user_models:exploding")
+    assert code == 1 and err.startswith("Error: family test_user_models:exploding failed at")
+
+
+def test_entry_point_family_is_listed_and_built(entry_point_family: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert entry_point_family in list_models()
+    assert model_spec(entry_point_family).source == "byo_nets:build"
+    code, out, _ = run_main(capsys, "zoo", "--json")
+    rows = {row["arch"]: row for row in json.loads(out)}
+    assert code == 0 and rows["byonet"]["source"] == "byo_nets:build"
+    # build(**dials) gives no defaults in its signature: width 1, depth 1
+    assert (rows["byonet"]["width"], rows["byonet"]["depth"]) == (1.0, 1)
+    assert rows["byonet"]["params"] == measure_model(tiny_family(depth=1), (1, 28, 28)).params
+    assert rows["byonet"]["width_range"] == [0.0, None] and rows["lenet5"]["source"] is None
+
+
+def test_entry_point_clashing_with_a_builtin_is_an_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_families: None) -> None:
+    _install_entry_point(tmp_path / "site", "lenet5", "byo_nets:build")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(MlscaleError, match=r"entry point 'lenet5' .*clashes with a built-in"):
+        list_models()
+
+
+def test_registry_names_of_user_families_and_datasets() -> None:
+    assert arch_name(FAMILY) == "test_user_models.tiny_family" and arch_name("vgg_mini") == (
+        "vgg_mini")
+    assert dataset_name("npz:/a/b/my shapes.npz") == "npz-my-shapes"
+    assert dataset_name("torchvision:CIFAR10") == "torchvision-cifar10"
+    from mlscale.tracking import MlflowSettings
+
+    settings = MlflowSettings(tracking_uri="sqlite:///x.db")
+    assert settings.model_name("npz:data/shapes.npz", FAMILY) == (
+        "npz-shapes-test_user_models.tiny_family")
+    assert settings.experiment_name("imagefolder:pets/") == "mlscale-imagefolder-pets"
+
+
+@pytest.mark.slow
+def test_family_imports_from_the_working_directory() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "mlscale", "zoo", "--arch", FAMILY, "--json"],
+        cwd=Path(__file__).parent, capture_output=True, text=True, timeout=120, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout)["params"] == measure_model(tiny_family(),
+                                                                   (1, 28, 28)).params
+
+
+def _grid(dataset: str, family: str, sizes: list[int]) -> dict[str, Any]:
+    return {"name": "byo", "dataset": dataset, "families": [family], "sampler": "grid",
+            "pruner": "none", "latency_seconds": 0.01, "evaluations": 1,
+            "budget_flops": 1e12,
+            "search_space": {"width": [0.5, 2.0, 8.0], "depth": [2], "train_size": sizes,
+                             "epochs": [2], "lr": [5e-3]}}
+
+
+def _whole_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str], dataset: str,
+                    family: str, sizes: list[int]) -> dict[str, Any]:
+    """search -> models -> latency -> fit -> budget -> report on one user family and
+    dataset; returns what each step printed as JSON."""
+    import yaml
+
+    pipeline = tmp_path / "byo.yaml"
+    pipeline.write_text(yaml.safe_dump(_grid(dataset, family, sizes)))
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    outputs: dict[str, Any] = {}
+    steps = {
+        "search": ["search", str(pipeline), "--storage", storage, "--json"],
+        "models": ["models", "--dataset", dataset, "--json"],
+        "latency": ["latency", f"models:/{dataset_name(dataset)}-{arch_name(family)}@champion",
+                    "--iterations", "5", "--batch-sizes", "1,4", "--json"],
+        "fit": ["fit", "--experiment", f"mlscale-{dataset_name(dataset)}", "--law", "nd",
+                "--json"],
+        "budget": ["budget", "--flops", "1e10", "--dataset", dataset, "--json"],
+        "report": ["report", "latency", "--out", str(tmp_path / "report"), "--no-log",
+                   "--dataset", dataset, "--json"],
+    }
+    for step, args in steps.items():
+        code, out, err = run_main(capsys, *args)
+        assert code == 0, f"{step}: {err}"
+        outputs[step] = json.loads(out)
+    return outputs
+
+
+@pytest.mark.slow
+def test_import_path_family_on_an_npz_dataset_end_to_end(
+        tmp_path: Path, fresh_store: str, capsys: pytest.CaptureFixture[str],
+        isolated_families: None) -> None:
+    dataset = f"npz:{write_npz(tmp_path / 'shapes.npz')}"
+    code, out, err = run_main(capsys, "train", "--arch", "lenet5", "--dataset", dataset,
+                              "--epochs", "1", "--latency-seconds", "0.01", "--json")
+    assert code == 0, err
+    assert json.loads(out)["registered"]["name"] == "npz-shapes-lenet5"  # a built-in on user data
+    outputs = _whole_pipeline(tmp_path, capsys, dataset, FAMILY, [100, 200, 400])
+    assert outputs["search"]["n_trials"] == {"COMPLETE": 9}
+    names = {row["name"] for row in outputs["models"]}
+    assert names == {"npz-shapes-lenet5", "npz-shapes-test_user_models.tiny_family"}
+    assert len(outputs["models"]) == 10 and {row["dataset"] for row in outputs["models"]} == {
+        "npz-shapes"}
+    expected = measure_model(get_model(FAMILY, width=8.0, depth=2, in_channels=3,
+                                       num_classes=4, image_size=16), (3, 16, 16), 4)
+    widest = max(outputs["models"], key=lambda row: row["params"] if row["arch"] == FAMILY
+                 else 0)
+    assert (widest["params"], widest["flops_per_sample"]) == (expected.params,
+                                                              expected.flops_per_sample)
+    assert {r["batch_size"] for r in outputs["latency"]["onnx"]} >= {1, 4}
+    assert outputs["fit"]["law"] == "nd" and outputs["fit"]["nobs"] == 10
+    advice = outputs["budget"]
+    assert advice["family"] == FAMILY and f"--dataset {dataset}" in advice["train_command"]
+    assert f"--arch {FAMILY}" in advice["train_command"] and advice["dataset"] == dataset
+    assert outputs["report"]["models"] == 10
+    _check_registered_onnx(f"models:/npz-shapes-{arch_name(FAMILY)}@champion", (3, 16, 16))
+
+
+def _check_registered_onnx(uri: str, shape: tuple[int, int, int]) -> None:
+    """The registered ONNX model takes the dataset's images and its cost card says so."""
+    from mlscale.export import ort_session
+    from mlscale.tracking import _resolve_version, client, load_registered_onnx, load_settings
+
+    onnx_bytes, torch_model = load_registered_onnx(uri, load_settings())
+    assert ort_session(onnx_bytes).get_inputs()[0].shape[1:] == list(shape)
+    assert torch_model is not None and torch_model(torch.zeros(1, *shape)).shape == (1, 4)
+    version = _resolve_version(client(load_settings()), uri)
+    assert version.tags["input_shape"] == "x".join(map(str, shape))
+    assert version.tags["num_classes"] == "4"
+
+
+@pytest.mark.slow
+def test_entry_point_family_on_an_imagefolder_dataset_end_to_end(
+        tmp_path: Path, fresh_store: str, capsys: pytest.CaptureFixture[str],
+        entry_point_family: str) -> None:
+    dataset = f"imagefolder:{write_imagefolder(tmp_path / 'pics', train=480, test=80)}"
+    code, out, err = run_main(capsys, "train", "--arch", entry_point_family, "--dataset",
+                              dataset, "--epochs", "1", "--latency-seconds", "0.01", "--json")
+    assert code == 0, err
+    trained = json.loads(out)
+    assert (trained["registered"]["name"], trained["train_size"]) == (
+        "imagefolder-pics-byonet", 480 - 48)
+    outputs = _whole_pipeline(tmp_path, capsys, dataset, entry_point_family, [100, 200, 400])
+    assert outputs["search"]["n_trials"] == {"COMPLETE": 9}
+    assert len(outputs["models"]) == 10
+    assert {row["name"] for row in outputs["models"]} == {"imagefolder-pics-byonet"}
+    assert outputs["budget"]["family"] == "byonet"
+    _check_registered_onnx("models:/imagefolder-pics-byonet@champion", (3, 16, 16))
