@@ -82,19 +82,44 @@ def _config_path() -> Path | None:
 
 
 def _absolute_sqlite(uri: str, base: Path) -> str:
-    """``sqlite:///relative.db`` -> ``sqlite:////abs/relative.db`` (and its folder made)."""
+    """``sqlite:///relative.db`` -> ``sqlite:////abs/relative.db``."""
     prefix = "sqlite:///"
     if not uri.startswith(prefix):
         return uri
     path = Path(uri[len(prefix):])
     if not path.is_absolute():
         path = base / path
-    path.parent.mkdir(parents=True, exist_ok=True)
     return prefix + str(path.resolve())
 
 
-def load_settings(tracking_uri: str | None = None) -> MlflowSettings:
-    """Read ``mlflow.yaml`` and apply the environment and ``tracking_uri`` overrides."""
+def _check_local_store(uri: str, create: bool) -> None:
+    """A SQLite or file store on this machine: its folder made when ``create`` (writers),
+    else it must exist, so that a mistyped path is an error and not a new, empty store."""
+    from urllib.parse import unquote, urlparse
+
+    if uri.startswith("sqlite:///"):
+        path, folder = Path(uri[len("sqlite:///"):]), Path(uri[len("sqlite:///"):]).parent
+    elif uri.startswith("file:"):
+        path = folder = Path(unquote(urlparse(uri).path))
+    else:
+        return  # a server or database: its client reports it
+    if not create:
+        if not path.exists():
+            raise MlscaleError(f"no MLflow store at {path} (`mlscale train` or `mlscale "
+                               "search` creates one; --tracking-uri picks another)")
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MlscaleError(f"cannot create the MLflow store {path}: "
+                           f"{error.strerror or type(error).__name__}") from None
+
+
+def load_settings(tracking_uri: str | None = None, *, create: bool = True) -> MlflowSettings:
+    """Read ``mlflow.yaml`` and apply the environment and ``tracking_uri`` overrides.
+
+    ``create=False`` (commands that only read) refuses a local store that does not exist.
+    """
     import yaml
 
     path = _config_path()
@@ -128,8 +153,11 @@ def load_settings(tracking_uri: str | None = None) -> MlflowSettings:
     # whenever a client points at a store, so the environment may name the last store used.
     registry = uri if tracking_uri else (
         os.environ.get("MLFLOW_REGISTRY_URI") or settings.registry_uri or uri)
-    return MlflowSettings(uri, _absolute_sqlite(registry, base), artifact_location,
-                          settings.experiment, settings.registered_model)
+    registry = _absolute_sqlite(registry, base)
+    for store in dict.fromkeys((uri, registry)):
+        _check_local_store(store, create)
+    return MlflowSettings(uri, registry, artifact_location, settings.experiment,
+                          settings.registered_model)
 
 
 @contextlib.contextmanager
@@ -308,6 +336,7 @@ def train_and_register(
     import mlflow
     from mlflow.models import infer_signature
 
+    from mlscale.checks import check_finite_positive
     from mlscale.data import load
     from mlscale.export import export_onnx
     from mlscale.latency import DEFAULT_BATCH_SIZES, benchmark_onnx
@@ -315,6 +344,7 @@ def train_and_register(
     from mlscale.train import train
 
     config.validate()
+    check_finite_positive(latency_seconds, "latency seconds")  # before, not after, training
     spec = model_spec(config.arch)
     name = run_name(config.arch, config.width if config.width is not None else spec.default_width,
                     config.depth if config.depth is not None else spec.default_depth)
