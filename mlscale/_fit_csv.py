@@ -29,21 +29,41 @@ def label(points: pd.DataFrame, role: str) -> str:
     return str(points.attrs.get("labels", {}).get(role, f"column {role!r}"))
 
 
+SEPARATORS = ",;\t|"
+
+
+def _separator(path: str | Path) -> str:
+    """The file's column separator, sniffed by Python's csv.Sniffer among ``SEPARATORS``
+    (comma when the file has one column or the sniffer cannot tell)."""
+    import csv
+
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            sample = handle.read(1 << 16)
+    except OSError as error:
+        raise MlscaleError(f"cannot read CSV {path}: "
+                           f"{error.strerror or type(error).__name__}") from None
+    except UnicodeDecodeError as error:
+        raise MlscaleError(f"CSV {path} is not UTF-8 text (byte {error.start}); save it as "
+                           "UTF-8") from None
+    if not sample.strip():
+        raise MlscaleError(f"{path}: the file is empty; expected a header row and one row "
+                           "per run")
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=SEPARATORS).delimiter
+    except csv.Error:
+        return ","
+
+
 def _read(path: str | Path) -> pd.DataFrame:
-    """The CSV, its separator (comma, semicolon, tab, ...) detected by Python's csv.Sniffer
-    through pandas' ``sep=None``."""
+    """The CSV, with its separator (comma, semicolon, tab or bar) detected."""
     import pandas as pd
 
     try:
-        raw = pd.read_csv(path, sep=None, engine="python")
-    except pd.errors.EmptyDataError:
-        raise MlscaleError(f"{path}: the file is empty; expected a header row and one row "
-                           "per run") from None
+        raw = pd.read_csv(path, sep=_separator(path))
     except (OSError, ValueError, pd.errors.ParserError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise MlscaleError(f"cannot read CSV {path}: {first}") from None
-    except UnicodeDecodeError as error:  # a ValueError subclass, kept for the clearer text
-        raise MlscaleError(f"CSV {path} is not UTF-8 text: {error.reason}") from None
     if raw.empty:
         raise MlscaleError(f"{path}: no data rows (only the header {list(raw.columns)})")
     return raw
@@ -85,8 +105,8 @@ def points_from_csv(path: str | Path, *, n_col: str | None = None, d_col: str | 
                if column not in raw.columns]
     if missing:
         hint = ""
-        if len(raw.columns) == 1 and any(sep in str(raw.columns[0]) for sep in ";\t|"):
-            hint = " (the separator was not detected: use commas)"
+        if len(raw.columns) == 1:
+            hint = " (one column: separate columns with commas, semicolons or tabs)"
         raise MlscaleError(f"{path}: no column {', '.join(missing)}; it has "
                            f"{list(raw.columns)}{hint}")
     labels = {role: f"column {column!r} ({ROLE_OPTIONS[role]})"

@@ -39,8 +39,20 @@ def repeated_failure(study: optuna.Study) -> str | None:
 
 
 class QuietKnownFailures(logging.Filter):
-    """Drops Optuna's traceback of a trial that failed with an MlscaleError: the search's
-    progress line already gives that reason on one line."""
+    """Drops Optuna's two warnings (the traceback, then "failed with value None") about a
+    trial that failed with an MlscaleError: the search's progress line already gives that
+    reason on one line. Other failures, defects, keep Optuna's traceback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.follow_up: str | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], MlscaleError))
+        message = record.getMessage()
+        if record.exc_info and isinstance(record.exc_info[1], MlscaleError):
+            self.follow_up = " ".join(message.split()[:2]) + " failed with value"
+            return False
+        if self.follow_up is not None and message.startswith(self.follow_up):
+            self.follow_up = None
+            return False
+        return True

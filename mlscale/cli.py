@@ -552,12 +552,15 @@ def report_latency(out_dir: str, models: tuple[str, ...], dataset: str | None, n
 
 
 def _parse_batch_sizes(text: str) -> tuple[int, ...]:
+    from mlscale.latency import check_batch_sizes
+
     try:
         sizes = tuple(int(part) for part in text.split(","))
     except ValueError:
         raise MlscaleError(
             f"--batch-sizes must be comma-separated integers, got '{text}'"
         ) from None
+    check_batch_sizes(sizes)  # before a model is loaded
     return sizes
 
 

@@ -27,6 +27,7 @@ __all__ = ["FitReport", "fit_points", "log_fit", "points_from_csv", "points_from
 
 TARGETS = ("test_loss", "error_rate")
 HOLDOUT_SHARE = 0.2  # the extrapolation check holds out the top 20% of compute
+SAME_BUDGET = 1.01  # compute values closer than 1% belong to one budget
 
 
 @dataclass
@@ -135,12 +136,14 @@ def _predict(fit: ScalingFit, points: pd.DataFrame, unique: str | None = None) -
 
 
 def holdout_threshold(values: np.ndarray, share: float = HOLDOUT_SHARE) -> float | None:
-    """The least value held out: the top distinct values of ``values`` that together hold
-    at least ``share`` of the rows, so that no group of equal values (one isoFLOP budget)
-    is cut in two; None when that would hold out every row."""
-    distinct = np.unique(values)[::-1]
+    """The least value held out: the top groups of ``values`` that together hold at least
+    ``share`` of the rows, so that no group (one isoFLOP budget) is cut in two; None when
+    that would hold out every row. Values within SAME_BUDGET of each other form one group
+    (C computed as k N D from rounded N and D differs in its last digits)."""
+    distinct = np.unique(values)
+    starts = distinct[np.concatenate([[True], distinct[1:] > distinct[:-1] * SAME_BUDGET])]
     wanted = max(1, round(len(values) * share))
-    for threshold in distinct[:-1]:
+    for threshold in starts[:0:-1]:  # group starts from the top, never the lowest group
         if np.count_nonzero(values >= threshold) >= wanted:
             return float(threshold)
     return None

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
-__all__ = ["DEFAULT_BATCH_SIZES", "LatencyReport", "LatencyStats", "benchmark_onnx",
-           "default_threads"]
+__all__ = ["DEFAULT_BATCH_SIZES", "LatencyReport", "LatencyStats", "available_memory",
+           "benchmark_onnx", "check_batch_sizes", "default_threads"]
 
 DEFAULT_BATCH_SIZES = (1, 32, 256)
 WARMUP_RUNS = 5
@@ -165,10 +165,15 @@ def _check_memory(batch_sizes: Sequence[int], input_shape: Sequence[int]) -> Non
             f"free: use at most {int(free / 2 // sample_bytes):,}")
 
 
-def _validate(batch_sizes: Sequence[int], threads: int, iterations: int | None,
-              seconds: float | None, input_shape: Sequence[int] = ()) -> None:
+def check_batch_sizes(batch_sizes: Sequence[int]) -> None:
+    """A one-line error unless every batch size is a positive integer."""
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise MlscaleError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+
+
+def _validate(batch_sizes: Sequence[int], threads: int, iterations: int | None,
+              seconds: float | None, input_shape: Sequence[int] = ()) -> None:
+    check_batch_sizes(batch_sizes)
     _check_memory(batch_sizes, input_shape)
     if threads < 1:
         raise MlscaleError(f"threads must be >= 1, got {threads}")
