@@ -33,7 +33,7 @@ def check_finite_positive(value: float, name: str) -> float:
 
 
 class PositiveNumber(click.ParamType):
-    """A click option type: a finite float above ``minimum`` (0 by default).
+    """A click option type: a finite float above 0.
 
     click's FloatRange lets ``nan``, ``inf`` and ``1e400`` (which float() reads as inf)
     through; a budget, a duration or a rate must be a real, finite, positive number.
@@ -41,21 +41,14 @@ class PositiveNumber(click.ParamType):
 
     name = "number"
 
-    def __init__(self, minimum: float = 0.0) -> None:
-        self.minimum = minimum
-
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> float:
-        if isinstance(value, float) and math.isfinite(value) and value > self.minimum:
-            return value
         try:
             number = float(value)
         except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number", param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        if not number > self.minimum:
-            self.fail(f"{value!r} must be above {self.minimum:g}", param, ctx)
+            number = math.nan
+        if not (math.isfinite(number) and number > 0):
+            self.fail(f"{value!r} is not a positive finite number", param, ctx)
         return number
 
 

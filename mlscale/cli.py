@@ -103,10 +103,8 @@ def data_prepare(dataset: str, root: str | None, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--arch", default=None, help="Measure one architecture (default: every family).")
-@click.option("--width", type=PositiveNumber(), default=None,
-              help="Width multiplier (default: family's).")
-@click.option("--depth", type=click.IntRange(0), default=None,
-              help="Depth dial (default: family's).")
+@click.option("--width", type=float, default=None, help="Width multiplier (default: family's).")
+@click.option("--depth", type=int, default=None, help="Depth dial (default: family's).")
 @dataset_option
 @json_option
 def zoo(arch: str | None, width: float | None, depth: int | None, dataset: str,
@@ -162,15 +160,13 @@ def _print_zoo_table(rows: list[dict[str, Any]]) -> None:
 
 @cli.command("train")
 @click.option("--arch", required=True, help="Architecture name (see `mlscale zoo`).")
-@click.option("--width", type=PositiveNumber(), default=None,
-              help="Width multiplier (default: family's).")
-@click.option("--depth", type=click.IntRange(0), default=None,
-              help="Depth dial (default: family's).")
+@click.option("--width", type=float, default=None, help="Width multiplier (default: family's).")
+@click.option("--depth", type=int, default=None, help="Depth dial (default: family's).")
 @click.option("--epochs", type=click.IntRange(1), default=None,
               help="Passes over the training subset [3].")
 @click.option("--max-train-flops", type=PositiveNumber(), default=None,
               help="Stop when this many training FLOPs are spent (instead of --epochs).")
-@click.option("--train-size", type=click.IntRange(1), default=None,
+@click.option("--train-size", type=int, default=None,
               help="Stratified training subset size (default: the whole train split).")
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help="Default: 256, less for small subsets (an epoch of at least 32 steps).")

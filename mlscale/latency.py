@@ -182,7 +182,7 @@ def _validate(batch_sizes: Sequence[int], threads: int, iterations: int | None,
     if iterations is not None and iterations < 1:
         raise MlscaleError(f"iterations must be >= 1, got {iterations}")
     if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
-        raise MlscaleError(f"seconds must be a finite positive number, got {seconds}")
+        raise MlscaleError(f"seconds must be positive and finite, got {seconds}")
 
 
 def benchmark_onnx(

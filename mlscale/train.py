@@ -73,6 +73,9 @@ class TrainConfig:
             raise MlscaleError(
                 f"max_train_flops must be a positive number, got {self.max_train_flops}"
             )
+        from mlscale.models import check_dials
+
+        check_dials(self.arch, self.width, self.depth)  # before any data is read
         self._check_sizes()
         if self.evaluations is not None and self.evaluations < 1:
             raise MlscaleError(f"evaluations must be >= 1, got {self.evaluations}")

@@ -120,8 +120,11 @@ CASES = [
     *[([*TRAIN, option, value], option) for option, value in (
         ("--latency-seconds", "0"), ("--latency-seconds", "inf"), ("--lr", "nan"),
         ("--lr", "-1"), ("--max-train-flops", "inf"), ("--epochs", "0"),
-        ("--batch-size", "0"), ("--width", "0"), ("--width", "nan"), ("--depth", "-1"),
-        ("--train-size", "0"))],
+        ("--batch-size", "0"))],
+    *[([*TRAIN, "--width", value], "width must be in [0.1, 8] for lenet5")
+      for value in ("0", "nan", "inf", "-2", "9")],
+    ([*TRAIN, "--depth", "-1"], "depth must be an integer in [1, 3] for lenet5"),
+    ([*TRAIN, "--train-size", "0"], "train size must be in [1, 55000]"),
     (["train", "--arch", "lenet5", "--train-size", "100000"], "train size must be in [1, 55000]"),
     ([*TRAIN, "--arch", "nope"], "unknown architecture 'nope'"),
     ([*TRAIN, "--dataset", "cifar10"], "'cifar10' is not one of"),
@@ -201,10 +204,11 @@ CASES = [
     (["data", "prepare", "--root", "{ws}/afile/sub"], "cannot write to data root"),
     # zoo
     (["zoo", "--arch", "nope"], "unknown architecture 'nope'"),
-    (["zoo", "--arch", "lenet5", "--width", "inf"], "--width"),
-    (["zoo", "--arch", "lenet5", "--width", "0"], "--width"),
+    (["zoo", "--arch", "lenet5", "--width", "inf"], "width must be in"),
+    (["zoo", "--arch", "lenet5", "--width", "0"], "width must be in"),
+    (["zoo", "--arch", "lenet5", "--width", "nan"], "width must be in"),
     (["zoo", "--arch", "resnet_mini", "--depth", "99"], "depth must be"),
-    (["zoo", "--arch", "lenet5", "--depth", "-1"], "--depth"),
+    (["zoo", "--arch", "lenet5", "--depth", "-1"], "depth must be"),
     (["zoo", "--width", "2"], "--width and --depth need --arch"),
     (["zoo", "--dataset", "cifar10"], "'cifar10' is not one of"),
 ]

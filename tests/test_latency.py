@@ -49,6 +49,8 @@ def test_a_time_budget_runs_at_least_ten_times(lenet_onnx: tuple[bytes, torch.nn
         ({"iterations": 5, "seconds": 1.0}, "exactly one of iterations or seconds"),
         ({"iterations": 0, "seconds": None}, "iterations must be >= 1"),
         ({"seconds": -1.0}, "seconds must be positive"),
+        ({"seconds": float("inf")}, "seconds must be positive and finite"),
+        ({"batch_sizes": (1, 10**9)}, r"batch size 1000000000 needs 2\.92e\+03 GiB"),
     ],
 )
 def test_bad_settings_are_rejected(lenet_onnx: tuple[bytes, torch.nn.Module],

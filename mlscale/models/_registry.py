@@ -62,6 +62,25 @@ def model_spec(name: str) -> ModelSpec:
         raise MlscaleError(f"unknown architecture {name!r}; choose one of: {choices}") from None
 
 
+def check_dials(name: str, width: float | None, depth: int | None) -> tuple[float, int]:
+    """``name``'s width and depth (``None``: the family default), or a one-line error when
+    either lies outside the family's range (before any model is built or data read)."""
+    spec = model_spec(name)
+    width = spec.default_width if width is None else width
+    depth = spec.default_depth if depth is None else depth
+    (w_lo, w_hi), (d_lo, d_hi) = spec.width_range, spec.depth_range
+    if (
+        isinstance(width, bool)
+        or not isinstance(width, int | float)
+        or width <= 0
+        or not w_lo <= width <= w_hi
+    ):
+        raise MlscaleError(f"width must be in [{w_lo:g}, {w_hi:g}] for {name}, got {width}")
+    if isinstance(depth, bool) or not isinstance(depth, int) or not d_lo <= depth <= d_hi:
+        raise MlscaleError(f"depth must be an integer in [{d_lo}, {d_hi}] for {name}, got {depth}")
+    return width, depth
+
+
 def get_model(
     name: str,
     *,
@@ -80,18 +99,7 @@ def get_model(
     torch.Size([2, 10])
     """
     spec = model_spec(name)
-    width = spec.default_width if width is None else width
-    depth = spec.default_depth if depth is None else depth
-    (w_lo, w_hi), (d_lo, d_hi) = spec.width_range, spec.depth_range
-    if (
-        isinstance(width, bool)
-        or not isinstance(width, int | float)
-        or width <= 0
-        or not w_lo <= width <= w_hi
-    ):
-        raise MlscaleError(f"width must be in [{w_lo:g}, {w_hi:g}] for {name}, got {width}")
-    if isinstance(depth, bool) or not isinstance(depth, int) or not d_lo <= depth <= d_hi:
-        raise MlscaleError(f"depth must be an integer in [{d_lo}, {d_hi}] for {name}, got {depth}")
+    width, depth = check_dials(name, width, depth)
     return spec.builder(
         width=width,
         depth=depth,
