@@ -120,15 +120,12 @@ def load_settings(tracking_uri: str | None = None, *, create: bool = True) -> Ml
 
     ``create=False`` (commands that only read) refuses a local store that does not exist.
     """
-    import yaml
+    from mlscale.checks import load_yaml_file
 
     path = _config_path()
     values: dict[str, Any] = {}
     if path is not None:
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise MlscaleError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
+        values = load_yaml_file(path, "MLflow settings") or {}
         known = {f.name for f in fields(MlflowSettings)}
         if not isinstance(values, dict) or set(values) - known:
             unknown = sorted(set(values) - known) if isinstance(values, dict) else values
