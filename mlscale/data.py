@@ -37,6 +37,7 @@ __all__ = [
     "DATASETS",
     "DatasetInfo",
     "PrepareResult",
+    "SplitSizes",
     "Splits",
     "default_root",
     "load",

@@ -185,11 +185,11 @@ def _check_trial_flops_buy_a_sample(dataset: str, families: tuple[str, ...],
                                     space: Mapping[str, Range],
                                     family_space: Mapping[str, Mapping[str, Range]]) -> None:
     """The lowest per-trial train_flops must pay for one sample of the cheapest model."""
-    from mlscale.data import DATASETS
+    from mlscale.data import dataset_info
     from mlscale.measure import measure_model
     from mlscale.models import get_model
 
-    info = DATASETS[dataset]
+    info = dataset_info(dataset)
     cheapest = math.inf
     for family in families:
         width = (family_space[family].get("width") or space["width"]).bounds[0]

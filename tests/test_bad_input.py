@@ -355,3 +355,36 @@ def test_a_search_whose_trials_all_fail_alike_stops(capsys: pytest.CaptureFixtur
     trials = optuna.load_study(study_name="bad-input", storage=storage).trials
     assert [t.state.name for t in trials] == ["FAIL"] * 3
     assert "(cannot write the ONNX model: No space left on device)" in out
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("experiment: a\nexperiment: b\n", "duplicate key 'experiment'"),
+    ("tracking_uri: [\n", "not valid YAML"),
+    ("colour: blue\n", "unknown key(s) ['colour']"),
+])
+def test_a_bad_mlflow_yaml_is_one_line(capsys: pytest.CaptureFixture[str], workspace: Path,
+                                       monkeypatch: pytest.MonkeyPatch, text: str,
+                                       message: str) -> None:
+    config = workspace / "mlflow.yaml"
+    config.write_text(text)
+    monkeypatch.setenv("MLSCALE_MLFLOW_CONFIG", str(config))
+    _check_one_line_error(capsys, workspace, ["models"], message)
+
+
+@pytest.mark.parametrize("args", [
+    ["search", "{ws}/binary.yaml"],
+    ["models", "--tracking-uri", "sqlite:///{ws}/afile/x/mlflow.db"],
+    ["fit", "--csv", "{ws}/text.csv", "--n-col", "params"],
+])
+def test_bad_input_in_a_real_process(workspace: Path, args: list[str]) -> None:
+    import subprocess
+    import sys
+
+    before = _files(workspace)
+    completed = subprocess.run([sys.executable, "-m", "mlscale",
+                                *(arg.format(ws=workspace) for arg in args)],
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 1
+    assert completed.stderr.startswith("Error: ") and completed.stderr.count("\n") == 1
+    assert completed.stdout == ""
+    assert _files(workspace) == before
