@@ -373,6 +373,7 @@ def fit(experiment: str | None, csv_path: str | None, n_col: str | None, d_col: 
         points = points_from_csv(csv_path, n_col=n_col, d_col=d_col, c_col=c_col,
                                  u_col=u_col, loss_col=loss_col, k=k)
     else:
+        _check_names(None, arch)
         settings = load_settings(tracking_uri, create=False)
         points = points_from_experiment(settings, str(experiment), target=target, arch=arch)
     with tempfile.TemporaryDirectory() as scratch:
@@ -409,14 +410,14 @@ def fit(experiment: str | None, csv_path: str | None, n_col: str | None, d_col: 
 
 
 @cli.command()
-@click.option("--flops", type=PositiveNumber(), default=None,
+@click.option("--flops", type=float, default=None,
               help="Training budget in FLOPs (FLOPs = 2 x MACs), e.g. 1e15.")
-@click.option("--target-accuracy", type=PositiveNumber(), default=None,
+@click.option("--target-accuracy", type=float, default=None,
               help="Instead of --flops: the least budget predicted to reach this accuracy.")
 @dataset_option
 @click.option("--families", default=None,
               help="Comma-separated families to consider (default: every fitted family).")
-@click.option("--max-latency-ms", type=PositiveNumber(), default=None,
+@click.option("--max-latency-ms", type=float, default=None,
               help="Only configurations predicted to serve within this p90 (batch 1).")
 @click.option("--refresh", is_flag=True, help="Refit even if the registry has not changed.")
 @tracking_option
@@ -533,6 +534,7 @@ def report_latency(out_dir: str, models: tuple[str, ...], dataset: str | None, n
     from mlscale.report import latency_report
     from mlscale.tracking import load_settings
 
+    _check_names(dataset, None)
     names = [name.strip() for spec in models for name in spec.split(",") if name.strip()]
     result = latency_report(load_settings(tracking_uri, create=False), out_dir,
                             models=names or None, dataset=dataset, log=not no_log)

@@ -173,6 +173,7 @@ CASES = [
      "--bootstrap"),
     (["fit", "--n-col", "params"], "give exactly one of --experiment and --csv"),
     (["fit", "--experiment", "mlscale-mnist", *STORE_ARGS], "no MLflow store at"),
+    (["fit", "--experiment", "mlscale-mnist", "--arch", "nope"], "unknown architecture"),
     # budget
     *[(["budget", "--flops", value], "--flops") for value in ("inf", "1e400", "nan", "0", "-1",
                                                               "abc")],
@@ -194,6 +195,8 @@ CASES = [
     (["latency", "models:/mnist-lenet5/1"], "no MLflow store at"),
     # report latency
     (["report", "latency", "--out", "{ws}/report"], "no MLflow store at"),
+    (["report", "latency", "--out", "{ws}/report", "--dataset", "cifar10"],
+     "unknown dataset 'cifar10'"),
     # ui
     (["ui", "--tracking-uri", "garbage"], "malformed tracking URI 'garbage'"),
     (["ui"], "no MLflow store at"),
