@@ -706,9 +706,9 @@ def _check_ui_args(tracking_uri: str, port: int) -> None:
     """A malformed store URI or a port in use fails here, before the UI server starts."""
     import socket
 
-    if "://" not in tracking_uri:
-        raise MlscaleError(f"malformed tracking URI '{tracking_uri}': expected a scheme such as "
-                           "sqlite:///path.db, http://host:port or file:///dir")
+    from mlscale.tracking import check_uri_scheme
+
+    check_uri_scheme(tracking_uri)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
             probe.bind(("127.0.0.1", port))

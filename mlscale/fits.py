@@ -152,8 +152,8 @@ def holdout_threshold(values: np.ndarray, share: float = HOLDOUT_SHARE) -> float
 def extrapolation_check(points: pd.DataFrame, law: str, *, drop_top: int = 0
                         ) -> dict[str, Any] | None:
     """Fit on the lower 80% of compute C, report the error on the top 20%; the split
-    falls between distinct C values. Points without C (an n- or d-law given only N or
-    D) split on that variable, and ``axis`` says which."""
+    falls between budgets (``holdout_threshold``). Points without C (an n- or d-law given
+    only N or D) split on that variable, and ``axis`` says which."""
     from mlscale.scaling import LAWS, fit_law
 
     axis = "C" if "C" in points.columns else LAWS[law].variables[0]

@@ -174,6 +174,13 @@ def mlflow_errors(settings: MlflowSettings) -> Iterator[None]:
         ) from None
 
 
+def check_uri_scheme(uri: str) -> None:
+    """A one-line error for a tracking URI without a scheme (a path or a typo)."""
+    if "://" not in uri and not uri.startswith("databricks"):
+        raise MlscaleError(f"malformed tracking URI '{uri}': expected a scheme such as "
+                           "sqlite:///path.db, http://host:port or file:///dir")
+
+
 def client(settings: MlflowSettings) -> MlflowClient:
     """An MlflowClient on the configured stores (fails fast on unreachable servers)."""
     import logging
@@ -185,9 +192,7 @@ def client(settings: MlflowSettings) -> MlflowClient:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keeps --json clean
-    if "://" not in settings.tracking_uri and not settings.tracking_uri.startswith("databricks"):
-        raise MlscaleError(f"malformed tracking URI '{settings.tracking_uri}': expected a "
-                           "scheme such as sqlite:///path.db, http://host:port or file:///dir")
+    check_uri_scheme(settings.tracking_uri)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.registry_uri or settings.tracking_uri)
     with mlflow_errors(settings):
