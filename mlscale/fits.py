@@ -90,7 +90,10 @@ def points_from_experiment(settings: MlflowSettings, experiment: str, *,
     if not rows:
         which = f" for {arch}" if arch else ""
         raise MlscaleError(f"experiment {experiment!r} has no finished training runs{which}")
-    return pd.DataFrame(rows)
+    points = pd.DataFrame(rows)
+    points.attrs["labels"] = {"N": "the runs' metric params", "D": "the runs' samples_seen",
+                              "C": "the runs' train_flops", "loss": f"the runs' {target}"}
+    return points
 
 
 def _slice_for_law(points: pd.DataFrame, law: str) -> pd.DataFrame:
