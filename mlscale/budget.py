@@ -474,9 +474,9 @@ class Advisor:
 
 def check_positive(value: float, name: str) -> None:
     """A one-line error unless ``value`` is a positive finite number."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-            math.isfinite(value) and value > 0):
-        raise MlscaleError(f"{name} must be a positive finite number, got {value}")
+    from mlscale.checks import check_finite_positive
+
+    check_finite_positive(value, name)
 
 
 def check_target(target_accuracy: float) -> None:

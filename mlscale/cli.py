@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from mlscale.checks import PositiveNumber
 from mlscale.errors import MlscaleError
 
 DATASET_NAMES = ("mnist", "fashion-mnist")
@@ -51,7 +52,20 @@ root_option = click.option(
 
 
 def _print_json(payload: Any) -> None:
-    click.echo(json.dumps(payload, indent=2, default=str))
+    """Strict JSON (RFC 8259 has no NaN or Infinity): non-finite numbers print as null."""
+    click.echo(json.dumps(_finite_or_null(payload), indent=2, default=str, allow_nan=False))
+
+
+def _finite_or_null(value: Any) -> Any:
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 class _StatusLine:
@@ -197,20 +211,22 @@ def _print_zoo_table(rows: list[dict[str, Any]]) -> None:
 @click.option("--arch", required=True, help="Architecture name (see `mlscale zoo`).")
 @click.option("--width", type=float, default=None, help="Width multiplier (default: family's).")
 @click.option("--depth", type=int, default=None, help="Depth dial (default: family's).")
-@click.option("--epochs", type=int, default=None, help="Passes over the training subset [3].")
-@click.option("--max-train-flops", type=float, default=None,
+@click.option("--epochs", type=click.IntRange(1), default=None,
+              help="Passes over the training subset [3].")
+@click.option("--max-train-flops", type=PositiveNumber(), default=None,
               help="Stop when this many training FLOPs are spent (instead of --epochs).")
 @click.option("--train-size", type=int, default=None,
               help="Stratified training subset size (default: the whole train split).")
-@click.option("--batch-size", type=int, default=None,
+@click.option("--batch-size", type=click.IntRange(1), default=None,
               help="Default: 256, less for small subsets (an epoch of at least 32 steps).")
-@click.option("--lr", type=float, default=3e-3, show_default=True, help="Peak learning rate.")
+@click.option("--lr", type=PositiveNumber(), default=3e-3, show_default=True,
+              help="Peak learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
               show_default=True, help="auto: bf16 autocast where the hardware has it.")
 @click.option("--no-register", is_flag=True, help="Log the MLflow run but register no version.")
-@click.option("--latency-seconds", type=float, default=0.25, show_default=True,
+@click.option("--latency-seconds", type=PositiveNumber(), default=0.25, show_default=True,
               help="ONNX Runtime timing per batch size (1, 32, 256).")
 @dataset_option
 @root_option
@@ -273,7 +289,7 @@ def train_command(arch: str, width: float | None, depth: int | None, epochs: int
 
 @cli.command()
 @click.argument("pipeline", type=click.Path(dir_okay=False))
-@click.option("--budget-flops", type=float, default=None,
+@click.option("--budget-flops", type=PositiveNumber(), default=None,
               help="Total training FLOPs (overrides the pipeline's budget_flops).")
 @click.option("--storage", default=None,
               help="Optuna storage URL (default: sqlite:///registry/optuna.db).")
@@ -366,7 +382,11 @@ def _print_search_summary(summary: Any) -> None:
 @click.option("--n-col", default=None, help="CSV column of model size N.")
 @click.option("--d-col", default=None,
               help="CSV column of data size D (default: C / (k N) when N and C are given).")
-@click.option("--c-col", default=None, help="CSV column of training compute C.")
+@click.option("--c-col", default=None,
+              help="CSV column of training compute C (default: k N D when N and D are given).")
+@click.option("--u-col", default=None,
+              help="CSV column of unique samples per run: runs that repeated their data are "
+                   "fitted on effective data D'.")
 @click.option("--loss-col", default="loss", show_default=True, help="CSV column of the loss.")
 @click.option("--law", type=click.Choice(["n", "d", "nd", "c"]), default="nd", show_default=True)
 @click.option("--target", type=click.Choice(["test_loss", "error_rate"]), default="test_loss",
@@ -376,15 +396,15 @@ def _print_search_summary(summary: Any) -> None:
               help="Leave out the K highest-loss points.")
 @click.option("--bootstrap", type=click.IntRange(0), default=0, show_default=True,
               help="Bootstrap resamples for the intervals (0: from the fit's covariance).")
-@click.option("--k", "k", type=float, default=None,
+@click.option("--k", "k", type=PositiveNumber(), default=None,
               help="Training FLOPs per parameter per sample (default: measured, else 6).")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), default=None,
               help="Write PNG plots here.")
 @tracking_option
 @json_option
 def fit(experiment: str | None, csv_path: str | None, n_col: str | None, d_col: str | None,
-        c_col: str | None, loss_col: str, law: str, target: str, arch: str | None,
-        drop_top: int, bootstrap: int, k: float | None, plot_dir: str | None,
+        c_col: str | None, u_col: str | None, loss_col: str, law: str, target: str,
+        arch: str | None, drop_top: int, bootstrap: int, k: float | None, plot_dir: str | None,
         tracking_uri: str | None, as_json: bool) -> None:
     """Fit a scaling law to registered runs (--experiment) or to a CSV, with intervals.
 
@@ -402,9 +422,10 @@ def fit(experiment: str | None, csv_path: str | None, n_col: str | None, d_col: 
         raise MlscaleError("give exactly one of --experiment and --csv")
     if csv_path is not None:
         points = points_from_csv(csv_path, n_col=n_col, d_col=d_col, c_col=c_col,
-                                 loss_col=loss_col, k=k)
+                                 u_col=u_col, loss_col=loss_col, k=k)
     else:
-        settings = load_settings(tracking_uri)
+        _check_names(None, arch)
+        settings = load_settings(tracking_uri, create=False)
         points = points_from_experiment(settings, str(experiment), target=target, arch=arch)
     with tempfile.TemporaryDirectory() as scratch:
         report = fit_points(points, law, target=target, drop_top=drop_top, bootstrap=bootstrap,
@@ -418,6 +439,8 @@ def fit(experiment: str | None, csv_path: str | None, n_col: str | None, d_col: 
         _print_json(report.to_dict())
         return
     click.echo(report.summary)
+    for role, formula in report.derived.items():
+        click.echo(f"{role} was not a column: {formula}")
     if report.compute_optimal:
         co = report.compute_optimal
         click.echo(f"compute-optimal (C = {co['k']:.3g} N D): N_opt ~ C^{co['a']:.3f} "
@@ -429,6 +452,8 @@ def fit(experiment: str | None, csv_path: str | None, n_col: str | None, d_col: 
                    f"{ex['held_out_points']} with {ex['axis']} >= {ex['held_out_from']:.3g}: "
                    f"mean |error| {ex['mean_abs_pct_error']:.2f}%, max "
                    f"{ex['max_abs_pct_error']:.2f}%")
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}")
     for path in report.plots:
         click.echo(f"plot: {path}")
     if report.mlflow_run_id:
@@ -467,8 +492,8 @@ def budget(flops: float | None, target_accuracy: float | None, dataset: str,
     chosen = [name.strip() for name in families.split(",") if name.strip()] if families else None
     status = _StatusLine()
     try:
-        advisor = Advisor.from_registry(load_settings(tracking_uri), dataset, refresh=refresh,
-                                        on_status=status.show)
+        advisor = Advisor.from_registry(load_settings(tracking_uri, create=False), dataset,
+                                        refresh=refresh, on_status=status.show)
     finally:
         status.clear()
     if flops is not None:
@@ -560,9 +585,10 @@ def report_latency(out_dir: str, models: tuple[str, ...], dataset: str | None, n
     from mlscale.report import latency_report
     from mlscale.tracking import load_settings
 
+    _check_names(dataset, None)
     names = [name.strip() for spec in models for name in spec.split(",") if name.strip()]
-    result = latency_report(load_settings(tracking_uri), out_dir, models=names or None,
-                            dataset=dataset, log=not no_log)
+    result = latency_report(load_settings(tracking_uri, create=False), out_dir,
+                            models=names or None, dataset=dataset, log=not no_log)
     if as_json:
         _print_json({"html": str(result.html), "markdown": str(result.markdown),
                      "plots": [str(p) for p in result.plots], "models": result.models,
@@ -604,12 +630,15 @@ def report_scaling(out_dir: str, experiment: str | None, families: str | None,
 
 
 def _parse_batch_sizes(text: str) -> tuple[int, ...]:
+    from mlscale.latency import check_batch_sizes
+
     try:
         sizes = tuple(int(part) for part in text.split(","))
     except ValueError:
         raise MlscaleError(
             f"--batch-sizes must be comma-separated integers, got '{text}'"
         ) from None
+    check_batch_sizes(sizes)  # before a model is loaded
     return sizes
 
 
@@ -617,10 +646,11 @@ def _parse_batch_sizes(text: str) -> tuple[int, ...]:
 @click.argument("model")
 @click.option("--batch-sizes", default="1,32,256", show_default=True,
               help="Comma-separated batch sizes.")
-@click.option("--threads", type=int, default=None,
+@click.option("--threads", type=click.IntRange(1), default=None,
               help="ONNX Runtime and torch threads (default: the cores available).")
-@click.option("--iterations", type=int, default=None, help="Timed runs per batch size.")
-@click.option("--seconds", type=float, default=None,
+@click.option("--iterations", type=click.IntRange(1), default=None,
+              help="Timed runs per batch size.")
+@click.option("--seconds", type=PositiveNumber(), default=None,
               help="Seconds of timed runs per batch size [default 1].")
 @tracking_option
 @json_option
@@ -633,12 +663,14 @@ def latency(model: str, batch_sizes: str, threads: int | None, iterations: int |
     sizes = _parse_batch_sizes(batch_sizes)
     if iterations is None and seconds is None:
         seconds = 1.0
+    onnx_model: bytes | str
     if model.startswith("models:/"):
-        onnx_bytes, torch_model = load_registered_onnx(model, load_settings(tracking_uri))
+        onnx_model, torch_model = load_registered_onnx(model, load_settings(tracking_uri,
+                                                                            create=False))
     else:
-        onnx_bytes, torch_model = _read_onnx_file(model), None
-    input_shape = _onnx_input_shape(onnx_bytes)
-    report = benchmark_onnx(onnx_bytes, input_shape, batch_sizes=sizes, threads=threads,
+        onnx_model, torch_model = _onnx_file(model), None
+    input_shape = _onnx_input_shape(onnx_model)
+    report = benchmark_onnx(onnx_model, input_shape, batch_sizes=sizes, threads=threads,
                             iterations=iterations, seconds=seconds, torch_model=torch_model)
     if as_json:
         _print_json({"model": model, **report.to_dict()})
@@ -648,19 +680,24 @@ def latency(model: str, batch_sizes: str, threads: int | None, iterations: int |
         click.echo("torch eager: not measured (a bare ONNX file carries no torch model)")
 
 
-def _read_onnx_file(path: str) -> bytes:
+def _onnx_file(path: str) -> str:
+    """The absolute path of a readable ONNX file: ONNX Runtime loads weights stored as
+    external data (as MLflow saves them) from the model file's folder, not the cwd."""
+    from pathlib import Path
+
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
+        with open(path, "rb"):
+            pass
     except OSError as error:
         raise MlscaleError(f"cannot read ONNX file {path}: {error.strerror}") from None
+    return str(Path(path).resolve())
 
 
-def _onnx_input_shape(onnx_bytes: bytes) -> tuple[int, ...]:
+def _onnx_input_shape(onnx_model: bytes | str) -> tuple[int, ...]:
     """The per-sample input shape of an ONNX model (its first input, less the batch axis)."""
     from mlscale.export import ort_session
 
-    shape = ort_session(onnx_bytes).get_inputs()[0].shape[1:]
+    shape = ort_session(onnx_model).get_inputs()[0].shape[1:]
     if not all(isinstance(dim, int) for dim in shape):
         raise MlscaleError(f"the model's input has non-fixed dimensions {shape}")
     return tuple(shape)
@@ -679,13 +716,25 @@ def models(dataset: str | None, arch: str | None, as_csv: bool, tracking_uri: st
 
     if as_csv and as_json:
         raise MlscaleError("choose one of --json and --csv")
-    frame = models_frame(load_settings(tracking_uri), dataset=dataset, arch=arch)
+    _check_names(dataset, arch)
+    frame = models_frame(load_settings(tracking_uri, create=False), dataset=dataset, arch=arch)
     if as_json:
         _print_json(frame_to_json(frame))
     elif as_csv:
         click.echo(frame.to_csv(index=False), nl=False)
     else:
         _print_models_table(frame)
+
+
+def _check_names(dataset: str | None, arch: str | None) -> None:
+    """An unknown dataset or architecture is an error, not an empty table."""
+    from mlscale.data import dataset_info
+    from mlscale.models import model_spec
+
+    if dataset is not None:
+        dataset_info(dataset)
+    if arch is not None:
+        model_spec(arch)
 
 
 def _print_models_table(frame: Any) -> None:
@@ -718,7 +767,8 @@ def ui(port: int, tracking_uri: str | None) -> None:
 
     from mlscale.tracking import load_settings
 
-    settings = load_settings(tracking_uri)
+    settings = load_settings(tracking_uri, create=False)
+    _check_ui_args(settings.tracking_uri, port)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri,
                "--registry-store-uri", settings.registry_uri or settings.tracking_uri,
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
@@ -732,6 +782,21 @@ def ui(port: int, tracking_uri: str | None) -> None:
         raise MlscaleError(f"the MLflow UI exited with status {code} (is port {port} free?)")
 
 
+def _check_ui_args(tracking_uri: str, port: int) -> None:
+    """A malformed store URI or a port in use fails here, before the UI server starts."""
+    import socket
+
+    from mlscale.tracking import check_uri_scheme
+
+    check_uri_scheme(tracking_uri)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            raise MlscaleError(f"port {port} on 127.0.0.1 is not free ({error.strerror}); "
+                               "pass --port with another") from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the CLI and turn every error into one line and a non-zero exit."""
     try:
@@ -743,6 +808,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo(f"Error: {error.format_message()}", err=True)
         sys.exit(error.exit_code)
     except MlscaleError as error:
-        click.echo(f"Error: {error}", err=True)
+        click.echo(f"Error: {_one_line(str(error))}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("Error: interrupted", err=True)
+        sys.exit(130)
+    except Exception as error:  # a defect, not bad input: still one line and a non-zero exit
+        click.echo(f"Error: unexpected {type(error).__name__}: {_one_line(str(error))} "
+                   "(please report this)", err=True)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "no details"

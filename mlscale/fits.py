@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlscale._fit_csv import label, points_from_csv
 from mlscale.errors import MlscaleError
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ __all__ = ["FitReport", "fit_points", "log_fit", "points_from_csv", "points_from
 
 TARGETS = ("test_loss", "error_rate")
 HOLDOUT_SHARE = 0.2  # the extrapolation check holds out the top 20% of compute
+SAME_BUDGET = 1.01  # compute values closer than 1% belong to one budget
 
 
 @dataclass
@@ -42,6 +44,8 @@ class FitReport:
     compute_optimal: dict[str, Any] | None
     summary: str
     effective_data: bool = False  # D is Muennighoff's D' (some runs repeated their data)
+    warnings: list[str] = field(default_factory=list)
+    derived: dict[str, str] = field(default_factory=dict)  # e.g. {"C": "C = 6 N D"}
     plots: list[str] = field(default_factory=list)
     mlflow_run_id: str | None = None
 
@@ -49,29 +53,6 @@ class FitReport:
         payload = asdict(self)
         payload |= self.params  # each parameter also by its own name, as the CLI promises
         return payload
-
-
-def points_from_csv(path: str | Path, *, n_col: str | None = None, d_col: str | None = None,
-                    c_col: str | None = None, loss_col: str = "loss", k: float | None = None
-                    ) -> pd.DataFrame:
-    """Read a CSV into the N / D / C / loss columns the fits use.
-
-    Without a D column but with N and C, D = C / (k N) (k defaults to 6, Chinchilla's).
-    """
-    import pandas as pd
-
-    try:
-        raw = pd.read_csv(path)
-    except (OSError, ValueError) as error:
-        raise MlscaleError(f"cannot read CSV {path}: {str(error).splitlines()[0]}") from None
-    wanted = {"N": n_col, "D": d_col, "C": c_col, "loss": loss_col}
-    missing = [column for column in wanted.values() if column and column not in raw.columns]
-    if missing:
-        raise MlscaleError(f"{path}: no column(s) {missing}; it has {list(raw.columns)}")
-    points = pd.DataFrame({role: raw[column] for role, column in wanted.items() if column})
-    if "D" not in points and {"N", "C"} <= set(points.columns):
-        points["D"] = points["C"] / ((k or 6.0) * points["N"])
-    return points
 
 
 def points_from_experiment(settings: MlflowSettings, experiment: str, *,
@@ -112,16 +93,19 @@ def points_from_experiment(settings: MlflowSettings, experiment: str, *,
     if not rows:
         which = f" for {arch}" if arch else ""
         raise MlscaleError(f"experiment {experiment!r} has no finished training runs{which}")
-    return pd.DataFrame(rows)
+    points = pd.DataFrame(rows)
+    points.attrs["labels"] = {"N": "the runs' metric params", "D": "the runs' samples_seen",
+                              "C": "the runs' train_flops", "loss": f"the runs' {target}"}
+    return points
 
 
 def slice_for_law(points: pd.DataFrame, law: str) -> pd.DataFrame:
     """The n-law wants runs at one data size, the d-law at one model size, the c-law the
     compute frontier; pick the slice with the most distinct values of the free variable."""
-    from mlscale.scaling import pareto_front
+    from mlscale.scaling import compute_frontier
 
     if law == "c":
-        return pareto_front(points, "C", "loss")
+        return compute_frontier(points)
     if law not in ("n", "d") or not {"N", "D"} <= set(points.columns):
         return points
     fixed, free = ("D", "N") if law == "n" else ("N", "D")
@@ -157,15 +141,33 @@ def _predict(fit: ScalingFit, points: pd.DataFrame, unique: str | None = None) -
                        unique=None if unique is None else points[unique].to_numpy())
 
 
+def holdout_threshold(values: np.ndarray, share: float = HOLDOUT_SHARE) -> float | None:
+    """The least value held out: the top groups of ``values`` that together hold at least
+    ``share`` of the rows, so that no group (one isoFLOP budget) is cut in two; None when
+    that would hold out every row. Values within SAME_BUDGET of each other form one group
+    (C computed as k N D from rounded N and D differs in its last digits)."""
+    distinct = np.unique(values)
+    starts = distinct[np.concatenate([[True], distinct[1:] > distinct[:-1] * SAME_BUDGET])]
+    wanted = max(1, round(len(values) * share))
+    for threshold in starts[:0:-1]:  # group starts from the top, never the lowest group
+        if np.count_nonzero(values >= threshold) >= wanted:
+            return float(threshold)
+    return None
+
+
 def extrapolation_check(points: pd.DataFrame, law: str, *, drop_top: int = 0
                         ) -> dict[str, Any] | None:
-    """Fit on the lower 80% of compute, report the error on the top 20%."""
+    """Fit on the lower 80% of compute C, report the error on the top 20%; the split
+    falls between budgets (``holdout_threshold``). Points without C (an n- or d-law given
+    only N or D) split on that variable, and ``axis`` says which."""
     from mlscale.scaling import LAWS, fit_law
 
     axis = "C" if "C" in points.columns else LAWS[law].variables[0]
-    order = points.sort_values(axis)
-    held = max(1, round(len(order) * HOLDOUT_SHARE))
-    train, test = order.iloc[:-held], order.iloc[-held:]
+    threshold = holdout_threshold(points[axis].to_numpy(dtype=float))
+    if threshold is None:
+        return None
+    held_out = points[axis].to_numpy(dtype=float) >= threshold
+    train, test = points[~held_out], points[held_out]
     if len(train) < len(LAWS[law].param_names) + 2:
         return None
     unique = _unique_column(points, law)
@@ -193,10 +195,9 @@ def fit_points(points: pd.DataFrame, law: str, *, target: str = "test_loss", dro
     if law not in LAWS:
         raise MlscaleError(f"law must be one of {', '.join(LAWS)}, got {law!r}")
     needed = [*LAWS[law].variables, "loss"]
-    missing = [column for column in needed if column not in points.columns]
-    if missing:
-        raise MlscaleError(f"the {law}-law needs column(s) {missing}")
+    _check_points(points, law, needed)
     chosen = slice_for_law(points, law)
+    _check_varies(chosen, law, needed)
     unique = _unique_column(chosen, law)
     fit = fit_law(chosen[[*needed, *([unique] if unique else [])]], law, bootstrap=bootstrap,
                   seed=seed, drop_top=drop_top, unique=unique)
@@ -213,11 +214,52 @@ def fit_points(points: pd.DataFrame, law: str, *, target: str = "test_loss", dro
         goodness={"r2_log": float(fit.rsquared), "rmse_log": float(fit.rmse),
                   "huber_loss": float(fit.huber_loss)},
         extrapolation=extrapolation_check(chosen, law, drop_top=drop_top),
-        compute_optimal=optimal, summary=fit.summary(alpha), effective_data=unique is not None)
+        compute_optimal=optimal, summary=fit.summary(alpha), effective_data=unique is not None,
+        warnings=_floor_warnings(fit, chosen), derived=dict(points.attrs.get("derived", {})))
     if plot_dir is not None:
         report.plots = plot_fit(fit, _effective_points(fit, chosen, unique), law,
                                 Path(plot_dir), optimal)
     return report
+
+
+ROLE_HINTS = {"N": "--n-col", "D": "--d-col (or --c-col with --n-col: D = C / (k N))",
+              "C": "--c-col (or --n-col with --d-col: C = k N D)", "loss": "--loss-col"}
+
+
+def _check_points(points: pd.DataFrame, law: str, needed: list[str]) -> None:
+    """The columns the law needs are there and hold positive finite numbers."""
+    missing = [role for role in needed if role not in points.columns]
+    if missing:
+        give = "; ".join(f"{role}: {ROLE_HINTS[role]}" for role in missing)
+        raise MlscaleError(f"the {law}-law needs {', '.join(missing)}; give {give}")
+    for role in needed:
+        values = points[role].to_numpy(dtype=float)
+        bad = np.flatnonzero(~(np.isfinite(values) & (values > 0)))
+        if bad.size:
+            rows = ", ".join(str(i + 1) for i in bad[:5])
+            raise MlscaleError(f"{label(points, role)} must hold positive finite numbers; "
+                               f"not at row(s) {rows}")
+
+
+def _check_varies(points: pd.DataFrame, law: str, needed: list[str]) -> None:
+    """A law cannot be fitted to a variable, or a loss, that never changes."""
+    for role in needed:
+        if points[role].nunique() < 2:
+            value = float(points[role].iloc[0])
+            raise MlscaleError(f"{label(points, role)} holds one value ({value:g}) in all "
+                               f"{len(points)} rows the {law}-law uses: nothing to fit")
+
+
+def _floor_warnings(fit: ScalingFit, points: pd.DataFrame) -> list[str]:
+    """A fitted floor (E or L_inf) above observed losses: the law misses the best runs."""
+    floor = float(fit.params[fit.law.const])
+    lowest = float(points["loss"].min())
+    if floor <= lowest:
+        return []
+    below = int((points["loss"] < floor).sum())
+    return [f"the fitted floor {fit.law.const} = {floor:.4g} lies above the lowest "
+            f"observed loss {lowest:.4g} ({below} of {len(points)} runs below it): the law "
+            f"does not describe the best runs; try --drop-top or more data"]
 
 
 def _effective_points(fit: ScalingFit, points: pd.DataFrame, unique: str | None

@@ -12,6 +12,7 @@ batch 1 is measured beside it on the same threads.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
-__all__ = ["DEFAULT_BATCH_SIZES", "LatencyReport", "LatencyStats", "benchmark_onnx",
-           "default_threads"]
+__all__ = ["DEFAULT_BATCH_SIZES", "LatencyReport", "LatencyStats", "available_memory",
+           "benchmark_onnx", "check_batch_sizes", "default_threads"]
 
 DEFAULT_BATCH_SIZES = (1, 32, 256)
 WARMUP_RUNS = 5
@@ -135,18 +136,53 @@ def _time_runs(run: Callable[[], object], iterations: int | None, seconds: float
     return np.asarray(samples)
 
 
-def _validate(batch_sizes: Sequence[int], threads: int, iterations: int | None,
-              seconds: float | None) -> None:
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable; else the
+    physical memory; None where neither is known)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(batch_sizes: Sequence[int], input_shape: Sequence[int]) -> None:
+    """Refuse a batch whose float32 input alone would take over half the free memory
+    (the session's activations need at least as much again)."""
+    free = available_memory()
+    sample_bytes = 4 * math.prod(input_shape)
+    largest = max(batch_sizes)
+    if free is not None and largest * sample_bytes > free / 2:
+        raise MlscaleError(
+            f"batch size {largest} needs {largest * sample_bytes / 2**30:.3g} GiB for its "
+            f"input alone ({sample_bytes:,} bytes per sample); {free / 2**30:.3g} GiB is "
+            f"free: use at most {int(free / 2 // sample_bytes):,}")
+
+
+def check_batch_sizes(batch_sizes: Sequence[int]) -> None:
+    """A one-line error unless every batch size is a positive integer."""
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise MlscaleError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+
+
+def _validate(batch_sizes: Sequence[int], threads: int, iterations: int | None,
+              seconds: float | None, input_shape: Sequence[int] = ()) -> None:
+    check_batch_sizes(batch_sizes)
+    _check_memory(batch_sizes, input_shape)
     if threads < 1:
         raise MlscaleError(f"threads must be >= 1, got {threads}")
     if (iterations is None) == (seconds is None):
         raise MlscaleError("give exactly one of iterations or seconds")
     if iterations is not None and iterations < 1:
         raise MlscaleError(f"iterations must be >= 1, got {iterations}")
-    if seconds is not None and not seconds > 0:
-        raise MlscaleError(f"seconds must be positive, got {seconds}")
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise MlscaleError(f"seconds must be positive and finite, got {seconds}")
 
 
 def benchmark_onnx(
@@ -168,7 +204,7 @@ def benchmark_onnx(
     import numpy as np
 
     threads = default_threads() if threads is None else threads
-    _validate(batch_sizes, threads, iterations, seconds)
+    _validate(batch_sizes, threads, iterations, seconds, input_shape)
     session = ort_session(model, threads)
     rng = np.random.default_rng(0)
     stats = []

@@ -166,6 +166,45 @@ def _check_family_ranges(family: str, key: str, space: Mapping[str, Range]) -> N
                                    f"range [{allowed[0]:g}, {allowed[1]:g}]")
 
 
+def _check_dataset_sizes(dataset: str, space: Mapping[str, Range], val_size: int) -> None:
+    """val_size and every train_size against the dataset's train split, before any trial."""
+    from mlscale.data import split_sizes
+
+    total = split_sizes(dataset).train
+    if val_size >= total:
+        raise MlscaleError(f"val_size: {val_size} leaves no training data ({dataset}'s train "
+                           f"split has {total} samples)")
+    highest = space["train_size"].bounds[1]
+    if highest > total - val_size:
+        raise MlscaleError(f"search_space.train_size: {highest:g} is above the "
+                           f"{total - val_size} samples {dataset}'s train split has after "
+                           f"val_size {val_size}")
+
+
+def _check_trial_flops_buy_a_sample(dataset: str, families: tuple[str, ...],
+                                    space: Mapping[str, Range],
+                                    family_space: Mapping[str, Mapping[str, Range]]) -> None:
+    """The lowest per-trial train_flops must pay for one sample of the cheapest model."""
+    from mlscale.data import dataset_info
+    from mlscale.measure import measure_model
+    from mlscale.models import get_model
+
+    info = dataset_info(dataset)
+    cheapest = math.inf
+    for family in families:
+        width = (family_space[family].get("width") or space["width"]).bounds[0]
+        depth = (family_space[family].get("depth") or space["depth"]).bounds[0]
+        model = get_model(family, width=width, depth=int(depth), in_channels=info.input_shape[0],
+                          num_classes=info.num_classes, image_size=info.input_shape[1])
+        cost = measure_model(model, info.input_shape, info.num_classes)
+        cheapest = min(cheapest, cost.train_flops_per_sample)
+    lowest = space["train_flops"].bounds[0]
+    if lowest < cheapest:
+        raise MlscaleError(f"search_space.train_flops: {lowest:g} FLOPs per trial cannot buy "
+                           f"one sample (the cheapest model in the space costs {cheapest:,} "
+                           f"training FLOPs per sample)")
+
+
 def parse_pipeline(raw: Any, source: str = "<pipeline>") -> Pipeline:
     """Validate a pipeline read from YAML; every error names the offending key."""
     from mlscale.data import DATASETS
@@ -262,6 +301,10 @@ def parse_pipeline(raw: Any, source: str = "<pipeline>") -> Pipeline:
                            f"{evaluations!r}")
     latency_seconds = _number("latency_seconds", raw.get("latency_seconds", 0.1))
     _check_positive("latency_seconds", latency_seconds)
+    _check_dataset_sizes(raw["dataset"], space, val_size)
+    if "train_flops" in space:
+        _check_trial_flops_buy_a_sample(raw["dataset"], tuple(families_raw), space,
+                                        family_space)
     return Pipeline(name=name, dataset=raw["dataset"], families=tuple(families_raw),
                     space=space, family_space=family_space, budget_flops=budget,
                     trial_flops_cap=cap, sampler=sampler, pruner=pruner,
@@ -271,15 +314,10 @@ def parse_pipeline(raw: Any, source: str = "<pipeline>") -> Pipeline:
 
 def load_pipeline(path: str | Path) -> Pipeline:
     """Read and validate a pipeline YAML file."""
-    import yaml
+    from mlscale.checks import load_yaml_file
 
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise MlscaleError(f"cannot read pipeline {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise MlscaleError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+    raw = load_yaml_file(path, "pipeline")
     if isinstance(raw, dict) and isinstance(raw.get("dataset"), str):
         raw["dataset"] = _anchored_source(raw["dataset"], path.parent)
     return parse_pipeline(raw, str(path))

@@ -3,10 +3,10 @@ data under repetition, saturation, and cost-efficiency fronts.
 
 Laws (``LAWS``), for any positive loss-like target (test loss in nats, error rate):
 ``"n"`` L_inf + A N^-alpha, ``"d"`` L_inf + B D^-beta, ``"nd"`` E + A N^-alpha + B D^-beta,
-``"c"`` L_inf + K C^-gamma on the compute-optimal frontier (fit it to
-``pareto_front(runs, "C", "loss")``). Fits follow Hoffmann et al. 2022 / Epoch AI's
-replication (Huber loss, delta = 1e-3, on log loss; L-BFGS-B from a grid of starts);
-the maths is in docs/SCALING_MATH.md.
+``"c"`` L_inf + K C^-gamma on the compute-optimal frontier (``fit_law`` takes the
+frontier, ``compute_frontier``, of the rows it is given). Fits follow Hoffmann et al.
+2022 / Epoch AI's replication (Huber loss, delta = 1e-3, on log loss; L-BFGS-B from a
+grid of starts); the maths is in docs/SCALING_MATH.md.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -38,7 +38,8 @@ from mlscale._scaling_results import ScalingFit
 from mlscale.errors import MlscaleError
 
 __all__ = [
-    "LAWS", "R_STAR", "ComputeOptimal", "Law", "Saturation", "ScalingFit", "compute_optimal",
+    "LAWS", "R_STAR", "ComputeOptimal", "Law", "Saturation", "ScalingFit", "compute_frontier",
+    "compute_optimal",
     "effective_data", "efficiency_fronts", "fit_law", "pareto_front", "saturation_point",
 ]
 
@@ -50,10 +51,23 @@ def _positive(values: ArrayLike, name: str) -> NDArray[np.float64]:
         array = np.asarray(values, dtype=float)
     except (TypeError, ValueError):
         raise MlscaleError(f"{name} is not numeric") from None
-    bad = int(np.count_nonzero(~(array > 0)))
-    if bad:
-        raise MlscaleError(f"{name} has {bad} NaN or non-positive value(s); it must be > 0")
+    bad = np.flatnonzero(~(np.isfinite(array) & (array > 0)))
+    if bad.size:
+        rows = ", ".join(str(i) for i in bad[:5])
+        raise MlscaleError(f"{name} has {bad.size} NaN, infinite or non-positive value(s) "
+                           f"(at position(s) {rows}); it must be finite and > 0")
     return array
+
+
+def compute_frontier(frame: pd.DataFrame, c_col: str = "C", loss_col: str = "loss"
+                     ) -> pd.DataFrame:
+    """The compute-optimal frontier: the rows no cheaper row beats on loss, by compute.
+
+    The c-law is fitted to it, by ``fit_law`` and by ``mlscale fit`` alike.
+    """
+    _positive(frame[c_col], f"column {c_col!r}")
+    _positive(frame[loss_col], f"column {loss_col!r}")
+    return pareto_front(frame, c_col, loss_col)
 
 
 def _frame(data: pd.DataFrame | Mapping[str, ArrayLike], needed: list[str], what: str
@@ -96,6 +110,8 @@ def fit_law(data: pd.DataFrame | Mapping[str, ArrayLike], law: str = "nd", *,
     roles = {**{role: role for role in (*spec.variables, "loss")}, **(columns or {})}
     frame = _frame(data, [roles[role] for role in (*spec.variables, "loss")]
                    + ([unique] if isinstance(unique, str) else []), f"law {law!r}")
+    if law == "c":
+        frame = compute_frontier(frame, roles["C"], roles["loss"])
     if not (isinstance(drop_top, int) and 0 <= drop_top < len(frame)):
         raise MlscaleError(f"drop_top must be an int in [0, {len(frame)}), got {drop_top!r}")
     if not delta > 0 or not (isinstance(bootstrap, int) and bootstrap >= 0):
@@ -112,6 +128,13 @@ def fit_law(data: pd.DataFrame | Mapping[str, ArrayLike], law: str = "nd", *,
         frame[unique] if isinstance(unique, str) else np.full(len(frame), unique), "unique")[kept]
     if fits_r and (counts is None or not np.any(xs["D"] > counts)):
         raise MlscaleError("r_star='fit' needs unique= and some points past one epoch")
+    for var, values in xs.items():
+        if np.unique(values).size < 2:
+            raise MlscaleError(f"column {roles[var]!r} holds one value ({values[0]:g}) in every "
+                               f"row: a {law!r} law needs it to vary")
+    if np.unique(loss[kept]).size < 2:
+        raise MlscaleError(f"column {roles['loss']!r} holds one value in every row: nothing "
+                           "to fit")
     samples = xs["D"] if fits_r else None
     if counts is not None and not fits_r:
         xs["D"] = effective_data(xs["D"], counts, float(r_star))

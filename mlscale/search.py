@@ -24,6 +24,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlscale._search_failures import (
+    FAILURE,
+    QuietKnownFailures,
+    record_failure,
+    repeated_failure,
+)
 from mlscale.errors import MlscaleError
 from mlscale.pipeline import KNOBS, Pipeline, Range
 
@@ -309,8 +315,9 @@ class _Objective:
             _mark_run(self.settings, run_ids[0] if run_ids else None, "KILLED",
                       "mlscale.pruned", str(pruned))
             raise
-        except BaseException:
+        except BaseException as error:
             trial.set_user_attr(SPENT, cost)  # it may have trained in full before failing
+            record_failure(trial, error)
             raise
         self._record(trial, outcome)
         val_loss = outcome.result.history[-1].val_loss
@@ -441,6 +448,7 @@ def run_search(
     from mlscale.tracking import experiment_id, mlflow_errors
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _quiet_known_failures()
     storage_url = storage or default_storage()
     name = study_name or pipeline.name
 
@@ -485,6 +493,9 @@ def run_search(
             study.optimize(objective, n_trials=1, catch=(MlscaleError,))
             if on_progress is not None:
                 on_progress(_progress(study, pipeline))
+            if (reason := repeated_failure(study)) is not None:
+                status = "FAILED"
+                raise MlscaleError(f"search stopped: its last trials all failed with: {reason}")
         summary = _summarise(study, pipeline, storage_url, parent_run_id)
         summary.plots = _log_plots(study, pipeline)
         mlflow.log_dict(summary.to_dict(), "search_summary.json")
@@ -494,6 +505,14 @@ def run_search(
         return summary
     finally:
         mlflow.end_run(status)
+
+
+def _quiet_known_failures() -> None:
+    import logging
+
+    optimize_logger = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, QuietKnownFailures) for f in optimize_logger.filters):
+        optimize_logger.addFilter(QuietKnownFailures())
 
 
 def _unaffordable_tail(study: optuna.Study, pipeline: Pipeline) -> int:
@@ -537,7 +556,8 @@ def _progress(study: optuna.Study, pipeline: Pipeline) -> SearchProgress:
                        f"{attrs.get(SPENT, 0):.3g} FLOPs")
         else:
             message = (f"trial {last.number} ({params}): {last.state.name.lower()}"
-                       + (f" ({attrs[PRUNE_REASON]})" if PRUNE_REASON in attrs else ""))
+                       + (f" ({attrs[PRUNE_REASON]})" if PRUNE_REASON in attrs else "")
+                       + (f" ({attrs[FAILURE]})" if FAILURE in attrs else ""))
     best = min((t.values[0] for t in complete), default=None)
     return SearchProgress(dict(Counter(t.state.name for t in trials)), _spent_flops(trials),
                           pipeline.budget_flops, best, message)

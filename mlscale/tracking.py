@@ -87,28 +87,50 @@ def _config_path() -> Path | None:
 
 
 def _absolute_sqlite(uri: str, base: Path) -> str:
-    """``sqlite:///relative.db`` -> ``sqlite:////abs/relative.db`` (and its folder made)."""
+    """``sqlite:///relative.db`` -> ``sqlite:////abs/relative.db``."""
     prefix = "sqlite:///"
     if not uri.startswith(prefix):
         return uri
     path = Path(uri[len(prefix):])
     if not path.is_absolute():
         path = base / path
-    path.parent.mkdir(parents=True, exist_ok=True)
     return prefix + str(path.resolve())
 
 
-def load_settings(tracking_uri: str | None = None) -> MlflowSettings:
-    """Read ``mlflow.yaml`` and apply the environment and ``tracking_uri`` overrides."""
-    import yaml
+def _check_local_store(uri: str, create: bool) -> None:
+    """A SQLite or file store on this machine: its folder made when ``create`` (writers),
+    else it must exist, so that a mistyped path is an error and not a new, empty store."""
+    from urllib.parse import unquote, urlparse
+
+    if uri.startswith("sqlite:///"):
+        path, folder = Path(uri[len("sqlite:///"):]), Path(uri[len("sqlite:///"):]).parent
+    elif uri.startswith("file:"):
+        path = folder = Path(unquote(urlparse(uri).path))
+    else:
+        return  # a server or database: its client reports it
+    if not create:
+        if not path.exists():
+            raise MlscaleError(f"no MLflow store at {path} (`mlscale train` or `mlscale "
+                               "search` creates one; --tracking-uri picks another)")
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MlscaleError(f"cannot create the MLflow store {path}: "
+                           f"{error.strerror or type(error).__name__}") from None
+
+
+def load_settings(tracking_uri: str | None = None, *, create: bool = True) -> MlflowSettings:
+    """Read ``mlflow.yaml`` and apply the environment and ``tracking_uri`` overrides.
+
+    ``create=False`` (commands that only read) refuses a local store that does not exist.
+    """
+    from mlscale.checks import load_yaml_file
 
     path = _config_path()
     values: dict[str, Any] = {}
     if path is not None:
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise MlscaleError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
+        values = load_yaml_file(path, "MLflow settings") or {}
         known = {f.name for f in fields(MlflowSettings)}
         if not isinstance(values, dict) or set(values) - known:
             unknown = sorted(set(values) - known) if isinstance(values, dict) else values
@@ -133,8 +155,11 @@ def load_settings(tracking_uri: str | None = None) -> MlflowSettings:
     # whenever a client points at a store, so the environment may name the last store used.
     registry = uri if tracking_uri else (
         os.environ.get("MLFLOW_REGISTRY_URI") or settings.registry_uri or uri)
-    return MlflowSettings(uri, _absolute_sqlite(registry, base), artifact_location,
-                          settings.experiment, settings.registered_model)
+    registry = _absolute_sqlite(registry, base)
+    for store in dict.fromkeys((uri, registry)):
+        _check_local_store(store, create)
+    return MlflowSettings(uri, registry, artifact_location, settings.experiment,
+                          settings.registered_model)
 
 
 @contextlib.contextmanager
@@ -154,6 +179,13 @@ def mlflow_errors(settings: MlflowSettings) -> Iterator[None]:
         ) from None
 
 
+def check_uri_scheme(uri: str) -> None:
+    """A one-line error for a tracking URI without a scheme (a path or a typo)."""
+    if "://" not in uri and not uri.startswith("databricks"):
+        raise MlscaleError(f"malformed tracking URI '{uri}': expected a scheme such as "
+                           "sqlite:///path.db, http://host:port or file:///dir")
+
+
 def client(settings: MlflowSettings) -> MlflowClient:
     """An MlflowClient on the configured stores (fails fast on unreachable servers)."""
     import logging
@@ -165,9 +197,7 @@ def client(settings: MlflowSettings) -> MlflowClient:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keeps --json clean
-    if "://" not in settings.tracking_uri and not settings.tracking_uri.startswith("databricks"):
-        raise MlscaleError(f"malformed tracking URI '{settings.tracking_uri}': expected a "
-                           "scheme such as sqlite:///path.db, http://host:port or file:///dir")
+    check_uri_scheme(settings.tracking_uri)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.registry_uri or settings.tracking_uri)
     with mlflow_errors(settings):
@@ -313,6 +343,7 @@ def train_and_register(
     import mlflow
     from mlflow.models import infer_signature
 
+    from mlscale.checks import check_finite_positive
     from mlscale.data import load
     from mlscale.export import export_onnx
     from mlscale.latency import DEFAULT_BATCH_SIZES, benchmark_onnx
@@ -320,6 +351,7 @@ def train_and_register(
     from mlscale.train import train
 
     config.validate()
+    check_finite_positive(latency_seconds, "latency seconds")  # before, not after, training
     spec = model_spec(config.arch)
     name = run_name(config.arch, config.width if config.width is not None else spec.default_width,
                     config.depth if config.depth is not None else spec.default_depth)

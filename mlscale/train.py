@@ -74,6 +74,10 @@ class TrainConfig:
             raise MlscaleError(
                 f"max_train_flops must be a positive number, got {self.max_train_flops}"
             )
+        from mlscale.models import check_dials
+
+        check_dials(self.arch, self.width, self.depth)  # before any data is read
+        self._check_sizes()
         if self.evaluations is not None and self.evaluations < 1:
             raise MlscaleError(f"evaluations must be >= 1, got {self.evaluations}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -86,6 +90,20 @@ class TrainConfig:
             raise MlscaleError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'"
             )
+
+    def _check_sizes(self) -> None:
+        """Validation and training sizes against the dataset's train split (unloaded)."""
+        from mlscale.data import split_sizes
+
+        total = split_sizes(self.dataset).train
+        if not 1 <= self.val_size < total:
+            raise MlscaleError(f"validation size must be in [1, {total - 1}] ({self.dataset}'s "
+                               f"train split has {total} samples), got {self.val_size}")
+        available = total - self.val_size
+        if self.train_size is not None and not 1 <= self.train_size <= available:
+            raise MlscaleError(
+                f"train size must be in [1, {available}] (the train split less {self.val_size} "
+                f"validation samples), got {self.train_size}")
 
 
 @dataclass(frozen=True)

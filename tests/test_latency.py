@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -47,9 +49,38 @@ def test_a_time_budget_runs_at_least_ten_times(lenet_onnx: tuple[bytes, torch.nn
         ({"iterations": 5, "seconds": 1.0}, "exactly one of iterations or seconds"),
         ({"iterations": 0, "seconds": None}, "iterations must be >= 1"),
         ({"seconds": -1.0}, "seconds must be positive"),
+        ({"seconds": float("inf")}, "seconds must be positive and finite"),
+        ({"batch_sizes": (1, 10**9)}, r"batch size 1000000000 needs 2\.92e\+03 GiB"),
     ],
 )
 def test_bad_settings_are_rejected(lenet_onnx: tuple[bytes, torch.nn.Module],
                                    options: dict[str, object], message: str) -> None:
     with pytest.raises(MlscaleError, match=message):
         benchmark_onnx(lenet_onnx[0], (1, 28, 28), **options)  # type: ignore[arg-type]
+
+
+def test_cli_times_a_model_with_external_weights_from_any_folder(
+        lenet_onnx: tuple[bytes, torch.nn.Module], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow saves ONNX weights as an external-data file beside model.onnx; ONNX Runtime
+    must find it from the model's folder, not the working directory."""
+    import json
+
+    import onnx
+    from click.testing import CliRunner
+
+    from mlscale.cli import cli
+
+    folder = tmp_path / "artifacts"
+    folder.mkdir()
+    onnx.save_model(onnx.load_from_string(lenet_onnx[0]), str(folder / "model.onnx"),
+                    save_as_external_data=True, location="model.onnx.data",
+                    size_threshold=0)
+    assert (folder / "model.onnx.data").stat().st_size > 200_000  # the weights live there
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = CliRunner().invoke(cli, ["latency", "../artifacts/model.onnx", "--batch-sizes",
+                                      "1", "--iterations", "5", "--threads", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["onnx"][0]["runs"] == 5

@@ -19,6 +19,7 @@ from __future__ import annotations
 from mlscale.models import alexnet, efficientnet, inception, lenet, resnet, vgg  # noqa: F401
 from mlscale.models._registry import (
     ModelSpec,
+    check_dials,
     get_model,
     list_models,
     model_spec,
@@ -26,4 +27,5 @@ from mlscale.models._registry import (
     run_name,
 )
 
-__all__ = ["ModelSpec", "get_model", "list_models", "model_spec", "register_model", "run_name"]
+__all__ = ["ModelSpec", "check_dials", "get_model", "list_models", "model_spec",
+           "register_model", "run_name"]

@@ -94,6 +94,27 @@ def model_spec(name: str) -> ModelSpec:
     return spec
 
 
+def check_dials(name: str, width: float | None, depth: int | None) -> tuple[float, int]:
+    """``name``'s width and depth (``None``: the family default), or a one-line error when
+    either lies outside the family's range (before any model is built or data read)."""
+    spec = model_spec(name)
+    width = spec.default_width if width is None else width
+    depth = spec.default_depth if depth is None else depth
+    (w_lo, w_hi), (d_lo, d_hi) = spec.width_range, spec.depth_range
+    if (
+        isinstance(width, bool)
+        or not isinstance(width, int | float)
+        or width <= 0
+        or not w_lo <= width <= w_hi
+    ):
+        raise MlscaleError(f"width must be in {format_range(spec.width_range)} for {name}, "
+                           f"got {width}")
+    if isinstance(depth, bool) or not isinstance(depth, int) or not d_lo <= depth <= d_hi:
+        raise MlscaleError(f"depth must be an integer in {format_range(spec.depth_range)} for "
+                           f"{name}, got {depth}")
+    return width, depth
+
+
 def get_model(
     name: str,
     *,
@@ -112,20 +133,7 @@ def get_model(
     torch.Size([2, 10])
     """
     spec = model_spec(name)
-    width = spec.default_width if width is None else width
-    depth = spec.default_depth if depth is None else depth
-    (w_lo, w_hi), (d_lo, d_hi) = spec.width_range, spec.depth_range
-    if (
-        isinstance(width, bool)
-        or not isinstance(width, int | float)
-        or width <= 0
-        or not w_lo <= width <= w_hi
-    ):
-        raise MlscaleError(f"width must be in {format_range(spec.width_range)} for {name}, "
-                           f"got {width}")
-    if isinstance(depth, bool) or not isinstance(depth, int) or not d_lo <= depth <= d_hi:
-        raise MlscaleError(f"depth must be an integer in {format_range(spec.depth_range)} for "
-                           f"{name}, got {depth}")
+    width, depth = check_dials(name, width, depth)
     return spec.builder(
         width=width,
         depth=depth,
