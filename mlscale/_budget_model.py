@@ -198,10 +198,9 @@ def _fit_family(family: str, runs: pd.DataFrame, input_shape: tuple[int, int, in
 def build_registry_model(frame: pd.DataFrame, dataset: str, fingerprint: str,
                          on_status: Callable[[str], None] = lambda _: None) -> RegistryModel:
     """Fit every family of ``frame`` (``models_frame`` rows of one dataset) that has enough runs."""
-    from mlscale.data import dataset_info
+    from mlscale.data import dataset_info, default_val_size
     from mlscale.models import list_models
     from mlscale.names import dataset_name
-    from mlscale.train import default_val_size
 
     info = dataset_info(dataset)
     unique = info.train_samples - default_val_size(info.train_samples)

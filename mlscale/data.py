@@ -153,9 +153,21 @@ def dataset_info(name: str, root: str | os.PathLike[str] | None = None) -> Datas
 def split_sizes(dataset: str) -> SplitSizes:
     """The sizes of ``dataset``'s splits without loading its images, so that train and
     validation sizes are checked before any data is read (built-in datasets have fixed,
-    published sizes; a dataset read from files would take them from its headers)."""
+    published sizes; a user source takes them from array headers or file counts)."""
+    from mlscale.names import split_source
+
+    if split_source(dataset) is not None:
+        from mlscale.sources import source_sizes
+
+        return SplitSizes(*source_sizes(dataset))
     info = dataset_info(dataset)
     return SplitSizes(info.train_samples, info.test_samples)
+
+
+def default_val_size(train_samples: int) -> int:
+    """The validation split carved from a train split of ``train_samples``: 5000, or a
+    tenth of the split when that is less (a small user dataset)."""
+    return max(1, min(5000, train_samples // 10))
 
 
 def default_root() -> Path:

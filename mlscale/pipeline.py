@@ -166,11 +166,14 @@ def _check_family_ranges(family: str, key: str, space: Mapping[str, Range]) -> N
                                    f"range [{allowed[0]:g}, {allowed[1]:g}]")
 
 
-def _check_dataset_sizes(dataset: str, space: Mapping[str, Range], val_size: int) -> None:
+def _check_dataset_sizes(dataset: str, space: Mapping[str, Range], val_size: int | None
+                         ) -> None:
     """val_size and every train_size against the dataset's train split, before any trial."""
-    from mlscale.data import split_sizes
+    from mlscale.data import default_val_size, split_sizes
 
     total = split_sizes(dataset).train
+    if val_size is None:
+        val_size = default_val_size(total)
     if val_size >= total:
         raise MlscaleError(f"val_size: {val_size} leaves no training data ({dataset}'s train "
                            f"split has {total} samples)")

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from mlscale.measure import ModelCost
 
 __all__ = ["EpochMetrics", "Progress", "TrainConfig", "TrainResult", "bf16_is_native",
-           "default_val_size", "precision_warning", "train"]
+           "precision_warning", "train"]
 
 EVAL_BATCH = 1000
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -93,16 +93,17 @@ class TrainConfig:
 
     def _check_sizes(self) -> None:
         """Validation and training sizes against the dataset's train split (unloaded)."""
-        from mlscale.data import split_sizes
+        from mlscale.data import default_val_size, split_sizes
 
         total = split_sizes(self.dataset).train
-        if not 1 <= self.val_size < total:
+        val_size = default_val_size(total) if self.val_size is None else self.val_size
+        if not 1 <= val_size < total:
             raise MlscaleError(f"validation size must be in [1, {total - 1}] ({self.dataset}'s "
-                               f"train split has {total} samples), got {self.val_size}")
-        available = total - self.val_size
+                               f"train split has {total} samples), got {val_size}")
+        available = total - val_size
         if self.train_size is not None and not 1 <= self.train_size <= available:
             raise MlscaleError(
-                f"train size must be in [1, {available}] (the train split less {self.val_size} "
+                f"train size must be in [1, {available}] (the train split less {val_size} "
                 f"validation samples), got {self.train_size}")
 
 
@@ -324,14 +325,8 @@ def _one_cycle(total_steps: int, warmup_share: float = 0.25) -> Callable[[int], 
     return factor
 
 
-def default_val_size(train_samples: int) -> int:
-    """The validation split carved from a train split of ``train_samples``: 5000, or a
-    tenth of the split when that is less (a small user dataset)."""
-    return max(1, min(5000, train_samples // 10))
-
-
 def _select_training_subset(data: Splits, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    from mlscale.data import split_validation, stratified_subset
+    from mlscale.data import default_val_size, split_validation, stratified_subset
 
     val_size = (config.val_size if config.val_size is not None
                 else default_val_size(len(data.train_labels)))

@@ -11,12 +11,12 @@ import pytest
 from _byo import CLASSES, write_imagefolder, write_npz
 from _cli import run_main
 
-from mlscale.data import dataset_info, load
+from mlscale.data import dataset_info, default_val_size, load
 from mlscale.errors import MlscaleError
 from mlscale.names import dataset_name
 from mlscale.pipeline import load_pipeline
 from mlscale.sources import _imagefolder, load_source, source_sizes
-from mlscale.train import TrainConfig, default_val_size, train
+from mlscale.train import TrainConfig, train
 
 
 def _error(spec: str, root: Path | None = None) -> str:
