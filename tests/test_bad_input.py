@@ -14,8 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests._cli import run_main
+from _cli import run_main
 
 PIPELINE = """\
 name: bad-input

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from _cli import run_main
 
 from mlscale.scaling import compute_frontier, effective_data, fit_law
-from tests._cli import run_main
 
 BUDGETS = (1e15, 1e16, 1e17, 1e18)
 SIZES = np.logspace(6, 9, 7)
