@@ -266,14 +266,30 @@ def search(pipeline: str, budget_flops: float | None, storage: str | None,
             click.echo(p.message)
         status.show(ledger["line"])
 
-    summary = run_search(spec, settings, storage=storage, study_name=study_name,
-                         heartbeat_interval=heartbeat, on_progress=on_progress,
-                         on_training=on_training)
+    from mlscale._signals import Interrupted, stop_on_signals
+
+    try:
+        with stop_on_signals():
+            summary = run_search(spec, settings, storage=storage, study_name=study_name,
+                                 heartbeat_interval=heartbeat, on_progress=on_progress,
+                                 on_training=on_training)
+    except Interrupted as stop:
+        status.clear()
+        raise _Stopped(stop) from None
     status.clear()
     if as_json:
         _print_json(summary.to_dict())
         return
     _print_search_summary(summary)
+
+
+class _Stopped(MlscaleError):
+    """A search stopped by a signal: one line, and 128 + the signal number as exit code."""
+
+    def __init__(self, stop: Any) -> None:
+        super().__init__(f"{stop}: the running trial is FAIL (interrupted) and its run "
+                         "KILLED; run the same command again to resume")
+        self.exit_code: int = stop.exit_code
 
 
 def _print_search_summary(summary: Any) -> None:
@@ -661,6 +677,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(130)
     except click.ClickException as error:
         click.echo(f"Error: {error.format_message()}", err=True)
+        sys.exit(error.exit_code)
+    except _Stopped as error:
+        click.echo(f"Error: {error}", err=True)
         sys.exit(error.exit_code)
     except MlscaleError as error:
         click.echo(f"Error: {error}", err=True)
