@@ -224,15 +224,18 @@ def train_command(arch: str, width: float | None, depth: int | None, epochs: int
 @click.argument("pipeline", type=click.Path(dir_okay=False))
 @click.option("--budget-flops", type=float, default=None,
               help="Total training FLOPs (overrides the pipeline's budget_flops).")
-@click.option("--storage", default=None,
-              help="Optuna storage URL (default: sqlite:///registry/optuna.db).")
+@click.option("--storage", default=None, envvar="MLSCALE_STORAGE",
+              help="Optuna storage URL (default: $MLSCALE_STORAGE, else "
+                   "sqlite:///registry/optuna.db).")
 @click.option("--study", "study_name", default=None, help="Study name (default: pipeline name).")
 @click.option("--heartbeat", type=click.IntRange(1, 3600), default=10, show_default=True,
               help="Seconds between worker heartbeats; a trial silent for twice this is failed.")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Worker processes on this machine, each with cores / N torch threads.")
 @tracking_option
 @json_option
 def search(pipeline: str, budget_flops: float | None, storage: str | None,
-           study_name: str | None, heartbeat: int, tracking_uri: str | None,
+           study_name: str | None, heartbeat: int, workers: int, tracking_uri: str | None,
            as_json: bool) -> None:
     """Search the zoo under a FLOPs budget as PIPELINE (a pipelines/*.yaml file) defines.
 
@@ -248,6 +251,10 @@ def search(pipeline: str, budget_flops: float | None, storage: str | None,
     if budget_flops is not None:
         spec = spec.with_budget(budget_flops)
     settings = load_settings(tracking_uri)
+    if workers > 1:
+        _search_in_workers(workers, pipeline, budget_flops, storage, study_name, heartbeat,
+                           tracking_uri, as_json)
+        return
     status = _StatusLine()
     ledger = {"line": f"budget {spec.budget_flops:.3g} FLOPs"}
 
@@ -275,7 +282,7 @@ def search(pipeline: str, budget_flops: float | None, storage: str | None,
                                  on_training=on_training)
     except Interrupted as stop:
         status.clear()
-        raise _Stopped(stop) from None
+        raise _Stopped.by_signal(stop) from None
     status.clear()
     if as_json:
         _print_json(summary.to_dict())
@@ -283,13 +290,36 @@ def search(pipeline: str, budget_flops: float | None, storage: str | None,
     _print_search_summary(summary)
 
 
-class _Stopped(MlscaleError):
-    """A search stopped by a signal: one line, and 128 + the signal number as exit code."""
+def _search_in_workers(workers: int, pipeline: str, budget_flops: float | None,
+                       storage: str | None, study_name: str | None, heartbeat: int,
+                       tracking_uri: str | None, as_json: bool) -> None:
+    from mlscale._local_workers import run_workers
 
-    def __init__(self, stop: Any) -> None:
-        super().__init__(f"{stop}: the running trial is FAIL (interrupted) and its run "
-                         "KILLED; run the same command again to resume")
-        self.exit_code: int = stop.exit_code
+    args = [pipeline, "--heartbeat", str(heartbeat)]
+    for flag, value in (("--budget-flops", budget_flops), ("--storage", storage),
+                        ("--study", study_name), ("--tracking-uri", tracking_uri)):
+        if value is not None:
+            args += [flag, repr(value) if isinstance(value, float) else value]
+    code, outputs = run_workers(workers, args + (["--json"] if as_json else []), as_json)
+    if as_json:
+        _print_json({"workers": [json.loads(out) if out.strip() else None
+                                 for out in outputs], "exit_code": code})
+    if code:
+        raise _Stopped(code, f"a worker of {workers} failed (exit status {code}); running the "
+                             "same command again resumes the study")
+
+
+class _Stopped(MlscaleError):
+    """A search stopped (by a signal: 128 + its number) or a worker that did: one line."""
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    @classmethod
+    def by_signal(cls, stop: Any) -> _Stopped:
+        return cls(stop.exit_code, f"{stop}: the running trial is FAIL (interrupted) and its "
+                                   "run KILLED; run the same command again to resume")
 
 
 def _print_search_summary(summary: Any) -> None:
@@ -666,6 +696,15 @@ def ui(port: int, tracking_uri: str | None) -> None:
         code = 0
     if code:
         raise MlscaleError(f"the MLflow UI exited with status {code} (is port {port} free?)")
+
+
+def _attach_groups() -> None:
+    from mlscale.cli_servers import servers_group
+
+    cli.add_command(servers_group)
+
+
+_attach_groups()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

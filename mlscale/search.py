@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import socket
 import time
 import warnings
 from collections import Counter
@@ -52,6 +54,7 @@ PLANNED = "planned_flops"
 SPENT = "flops_spent"
 PRUNE_REASON = "prune_reason"
 FAIL_REASON = "fail_reason"
+WORKER = "worker"  # host:pid of the process that ran the trial
 PARENT_RUN = "mlflow_parent_run_id"
 COST_PRUNE_LIMIT = 30  # consecutive unaffordable proposals that end a search
 FAILURE_LIMIT = 5  # consecutive failed trials (a store down, a broken model) that stop a worker
@@ -292,6 +295,7 @@ class _Objective:
         from mlscale.train import TrainConfig
 
         self.current_trial = trial
+        trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
         params = _suggest(trial, self.pipeline)
         per_sample = self.costs.per_sample(params["family"], params["width"], params["depth"])
         samples = _samples(params, per_sample)

@@ -160,6 +160,7 @@ def client(settings: MlflowSettings) -> MlflowClient:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keeps --json clean
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a server's run URLs
     if "://" not in settings.tracking_uri and not settings.tracking_uri.startswith("databricks"):
         raise MlscaleError(f"malformed tracking URI '{settings.tracking_uri}': expected a "
                            "scheme such as sqlite:///path.db, http://host:port or file:///dir")

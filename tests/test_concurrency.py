@@ -129,7 +129,7 @@ def test_sigterm_stops_a_worker_with_one_line_and_143(tmp_path: Path) -> None:
               "from mlscale.cli import _Stopped\n"
               "try:\n    with stop_on_signals():\n        print('ready', flush=True)\n"
               "        time.sleep(60)\nexcept KeyboardInterrupt as stop:\n"
-              "    print(_Stopped(stop), file=sys.stderr); sys.exit(stop.exit_code)\n")
+              "    print(_Stopped.by_signal(stop), file=sys.stderr); sys.exit(stop.exit_code)\n")
     for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
         worker = subprocess.Popen([sys.executable, "-c", script], text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
