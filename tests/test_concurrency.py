@@ -107,6 +107,7 @@ def test_of_two_reserved_trials_the_lower_number_waits_and_the_higher_yields(
     assert SPENT not in study.trials[lower.number].user_attrs
 
 
+@pytest.mark.slow
 def test_two_processes_open_a_fresh_sqlite_store_at_once(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
     env = os.environ | {"MLFLOW_TRACKING_URI": uri}
@@ -124,6 +125,7 @@ def test_two_processes_open_a_fresh_sqlite_store_at_once(tmp_path: Path) -> None
         assert out.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_worker_with_one_line_and_143(tmp_path: Path) -> None:
     script = ("from mlscale._signals import stop_on_signals\nimport time, sys\n"
               "from mlscale.cli import _Stopped\n"

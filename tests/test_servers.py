@@ -26,7 +26,6 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from mlscale import servers as servers_module
-from mlscale.errors import MlscaleError
 from mlscale.search import FAIL_REASON, PARENT_RUN, RUN_ID, SPENT, WORKER, committed_flops
 from mlscale.servers import Servers
 from mlscale.tracking import COST_CARD
@@ -48,15 +47,19 @@ def servers() -> Iterator[Servers]:
     """PostgreSQL + mlflow server in a folder the `postgres` user can enter (under /tmp)."""
     folder = Path(tempfile.mkdtemp(prefix="mlscale-servers-"))
     folder.chmod(0o755)
-    try:
-        started = servers_module.up(folder)
-    except MlscaleError as error:
+    command = [sys.executable, "-m", "mlscale", "servers"]
+    up = subprocess.run([*command, "up", "--dir", str(folder), "--json"], capture_output=True,
+                        text=True, timeout=300)
+    if up.returncode != 0:
         shutil.rmtree(folder, ignore_errors=True)
         if os.environ.get("CI") == "true":
-            pytest.fail(f"the servers must start in CI: {error}")
-        pytest.skip(f"cannot start the servers here: {error}")
+            pytest.fail(f"the servers must start in CI: {up.stderr.strip()}")
+        pytest.skip(f"cannot start the servers here: {up.stderr.strip()}")
+    started = servers_module.status(folder)
+    assert started is not None and started.postgres_pid and started.mlflow_pid
     yield started
-    servers_module.down(folder)
+    subprocess.run([*command, "down", "--dir", str(folder)], check=True, timeout=120)
+    assert servers_module.status(folder) is not None, "down keeps the data"
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -115,6 +118,7 @@ def _assert_ledger(servers: Servers, name: str, budget: float = BUDGET) -> None:
         assert list(Path(folder).glob("*.onnx")), "the ONNX file comes back through the server"
 
 
+@pytest.mark.slow
 def test_servers_up_twice_is_harmless_and_status_says_what_runs(servers: Servers,
                                                                 capsys: pytest.CaptureFixture
                                                                 [str]) -> None:
@@ -126,6 +130,20 @@ def test_servers_up_twice_is_harmless_and_status_says_what_runs(servers: Servers
     assert payload["tracking_uri"] == servers.tracking_uri
 
 
+def test_unreachable_stores_are_one_line_errors_naming_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(capsys, "search", str(_pipeline(tmp_path)), "--storage",
+                            "postgresql://nobody:secret@127.0.0.1:1/x")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith("Error: cannot open Optuna storage postgresql://nobody:***@127.0.0.1:1/x")
+    for args in (["models"], ["search", str(_pipeline(tmp_path)), "--storage",
+                              f"sqlite:///{tmp_path / 'o.db'}"]):
+        code, _, err = run_main(capsys, *args, "--tracking-uri", "http://127.0.0.1:1")
+        assert code == 1 and len(err.strip().splitlines()) == 1
+        assert err.startswith("Error: MLflow store http://127.0.0.1:1 failed")
+
+
+@pytest.mark.slow
 def test_train_registers_through_the_server_with_its_onnx_and_cost_card(
         servers: Servers, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, err = run_main(capsys, "train", "--arch", "lenet5", "--train-size", "300",
