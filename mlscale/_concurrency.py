@@ -31,7 +31,6 @@ __all__ = ["ADMITTED", "admission_refusal", "masked_url", "open_study", "per_tri
            "shared_parent_run", "store_error", "trial_seed"]
 
 ADMITTED = "admitted"
-PLANNED = "planned_flops"  # the reservation a trial holds (search.PLANNED)
 ADMISSION_WAIT_S = 30.0
 PARENT_WAIT_S = 60.0
 
@@ -106,6 +105,8 @@ def admission_refusal(trial: optuna.Trial, cost: float, budget: float,
     marked so in the storage before this returns.
     """
     from optuna.trial import TrialState
+
+    from mlscale.search import PLANNED  # the reservation a trial holds
 
     deadline = time.monotonic() + wait_s
     while True:

@@ -17,10 +17,6 @@ if TYPE_CHECKING:
 
 __all__ = ["close_orphan_runs", "create_parent_run", "end_parent_if_last", "resume_parent_run"]
 
-RUN_ID = "mlflow_run_id"
-FAIL_REASON = "fail_reason"
-
-
 def create_parent_run(settings: MlflowSettings, exp_id: str, name: str, tags: dict[str, str],
                       params: dict[str, Any]) -> str:
     """A new RUNNING parent run for study ``name``, with the pipeline's figures as params."""
@@ -78,6 +74,7 @@ def close_orphan_runs(settings: MlflowSettings, study: optuna.Study, exp_id: str
     """
     from optuna.trial import TrialState
 
+    from mlscale.search import FAIL_REASON
     from mlscale.tracking import FAILURE_TAG, all_pages, client
 
     mlflow_client = client(settings)

@@ -67,7 +67,7 @@ class Servers:
         return asdict(self) | {"optuna_storage": self.optuna_storage,
                                "tracking_uri": self.tracking_uri,
                                "postgres_running": _alive(self.postgres_pid),
-                               "mlflow_running": _alive(self.mlflow_pid)}
+                               "mlflow_running": _mlflow_alive(self.mlflow_pid)}
 
 
 def default_folder() -> Path:
@@ -114,6 +114,16 @@ def _alive(pid: int | None) -> bool:
     except PermissionError:  # alive, another user's (PostgreSQL as 'postgres')
         return True
     return True
+
+
+def _mlflow_alive(pid: int | None) -> bool:
+    """Whether ``pid`` still is the recorded mlflow server (not a process that reused it)."""
+    if not _alive(pid):
+        return False
+    try:
+        return b"mlflow" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # no /proc: trust the PID
+        return True
 
 
 def _run(command: list[str], what: str) -> None:
@@ -263,8 +273,9 @@ def up(folder: Path | None = None, mlflow_workers: int = 2) -> Servers:
         servers.postgres_pid = _postmaster_pid(folder)
         _save(servers)
         _create_databases(servers)
-        if not (_alive(servers.mlflow_pid) and _healthy(servers.tracking_uri)):
-            _stop_group(servers.mlflow_pid)
+        if not (_mlflow_alive(servers.mlflow_pid) and _healthy(servers.tracking_uri)):
+            if _mlflow_alive(servers.mlflow_pid):
+                _stop_group(servers.mlflow_pid)
             if _port_taken(servers.mlflow_port):
                 servers.mlflow_port = _free_port()
             _start_mlflow(servers, mlflow_workers)
@@ -283,7 +294,8 @@ def down(folder: Path | None = None) -> Servers | None:
     servers = _load(folder)
     if servers is None:
         return None
-    _stop_group(servers.mlflow_pid)
+    if _mlflow_alive(servers.mlflow_pid):
+        _stop_group(servers.mlflow_pid)
     pid = _postmaster_pid(folder)
     if _alive(pid):
         assert pid is not None
@@ -303,5 +315,5 @@ def status(folder: Path | None = None) -> Servers | None:
     if servers is not None:
         servers.postgres_pid = _postmaster_pid(folder) if _alive(
             _postmaster_pid(folder)) else None
-        servers.mlflow_pid = servers.mlflow_pid if _alive(servers.mlflow_pid) else None
+        servers.mlflow_pid = servers.mlflow_pid if _mlflow_alive(servers.mlflow_pid) else None
     return servers
