@@ -5,8 +5,9 @@ same tiny LeNet-5 search (`mlscale search --workers W`, a fresh study each time)
 (a) SQLite files for Optuna and MLflow and (b) PostgreSQL for Optuna with an MLflow
 tracking server on PostgreSQL. Separately it times what registration costs per trial
 (`train_and_register`'s log + register stages) through HTTP against a local SQLite store,
-and how many empty trials per second Optuna's PostgreSQL storage sustains (the database
-bound of a cluster). The cluster figures printed last are arithmetic on these numbers.
+the database transactions one search trial costs (PostgreSQL's own commit counter) and how
+many transactions per second the storage sustains from one process (empty Optuna trials).
+The cluster figures printed last are arithmetic on these numbers, not a measurement.
 
     python benchmarks/scale_out.py --repeats 1
 """
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -31,7 +33,7 @@ PIPELINE = {
     "search_space": {"width": {"low": 0.5, "high": 1.0}, "depth": 1,
                      "train_size": {"low": 1000, "high": 2000}, "epochs": 1,
                      "lr": {"low": 2e-3, "high": 6e-3, "log": True}},
-    "budget_flops": 4.0e10, "trial_flops_cap": 6.0e9, "sampler": "random", "pruner": "none",
+    "budget_flops": 2.5e10, "trial_flops_cap": 6.0e9, "sampler": "random", "pruner": "none",
     "seed": 0, "val_size": 500, "latency_seconds": 0.05, "evaluations": 1,
 }
 
@@ -66,18 +68,32 @@ def _registration_seconds(tracking: str, seeds: int) -> list[float]:
     return values
 
 
-def _empty_trials_per_second(storage: str, seconds: float = 5.0) -> float:
-    """Trials/s of a trivial objective on ``storage``: ask + tell, one process."""
+def _commits(servers: Any) -> int:
+    """Transactions committed so far in the Optuna database (pg_stat_database)."""
+    import psycopg
+
+    with psycopg.connect(servers.optuna_storage, autocommit=True) as connection:
+        connection.execute("SELECT pg_stat_clear_snapshot()")
+        row = connection.execute("SELECT xact_commit FROM pg_stat_database "
+                                 "WHERE datname = 'optuna'").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _transactions_per_second(servers: Any, seconds: float = 5.0) -> float:
+    """Commits/s the storage sustains for empty Optuna trials (ask + tell), one process."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=storage, study_name=f"empty-{time.time_ns()}")
-    done, start = 0, time.perf_counter()
+    study = optuna.create_study(storage=servers.optuna_storage,
+                                study_name=f"empty-{time.time_ns()}")
+    before, start = _commits(servers), time.perf_counter()
     while time.perf_counter() - start < seconds:
         trial = study.ask()
         study.tell(trial, trial.suggest_float("x", 0, 1))
-        done += 1
-    return done / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    time.sleep(1.0)  # the statistics collector reports with a delay
+    return (_commits(servers) - before) / elapsed
 
 
 def main() -> None:
@@ -98,12 +114,17 @@ def main() -> None:
                   "PostgreSQL + server": (servers.optuna_storage, servers.tracking_uri)}
         print(f"machine: {machine()}")
         per_worker: dict[str, float] = {}
+        commits_per_trial: list[float] = []
         for name, (storage, tracking) in setups.items():
             for workers in (1, 2):
                 rates, flops = [], []
                 for repeat in range(args.repeats):
+                    before = _commits(servers)
                     seconds, complete, spent = _search(pipeline, workers, storage, tracking,
                                                        f"s{workers}-{repeat}")
+                    if storage == servers.optuna_storage:
+                        time.sleep(1.0)
+                        commits_per_trial.append((_commits(servers) - before) / complete)
                     rates.append(complete / seconds * 60)
                     flops.append(spent / seconds)
                     print(f"{name}, {workers} worker(s): {complete} trials in {seconds:.1f} s",
@@ -115,15 +136,17 @@ def main() -> None:
         sqlite = _registration_seconds(local, args.seeds)
         print(f"log + register per trial: HTTP server {mean_std(http)} s, "
               f"local SQLite {mean_std(sqlite)} s", flush=True)
-        empty = _empty_trials_per_second(servers.optuna_storage)
-        print(f"Optuna on PostgreSQL: {empty:.0f} empty trials/s from one process")
+        rate = _transactions_per_second(servers)
+        per_trial = sum(commits_per_trial) / len(commits_per_trial)
+        print(f"PostgreSQL: {per_trial:.0f} commits per search trial (COMPLETE trials' share "
+              f"of all), {rate:.0f} commits/s sustained from one process")
         one = per_worker["PostgreSQL + server/1"]
-        print("arithmetic, not measured: M machines like this one, one worker each, reach "
-              f"about M x {one:.1f} trials/min while M x {one:.1f} / 60 stays well below "
-              f"the {empty:.0f} trials/s the database sustains (M < "
-              f"{empty * 60 / one:,.0f}); each trial adds "
-              f"{(sum(http) / len(http)) - (sum(sqlite) / len(sqlite)):+.2f} s of HTTP "
-              "registration against local SQLite")
+        print(f"arithmetic, not measured: M machines like this one (1 worker each, "
+              f"{one:.1f} trials/min) need M x {one * per_trial / 60:.1f} commits/s, under "
+              f"the {rate:.0f} commits/s one client drove while M < "
+              f"{rate * 60 / (one * per_trial):,.0f}; HTTP registration adds "
+              f"{(sum(http) / len(http)) - (sum(sqlite) / len(sqlite)):+.2f} s per trial "
+              "against local SQLite")
     finally:
         servers_module.down(folder)
         shutil.rmtree(folder, ignore_errors=True)
