@@ -58,6 +58,7 @@ WORKER = "worker"  # host:pid of the process that ran the trial
 PARENT_RUN = "mlflow_parent_run_id"
 COST_PRUNE_LIMIT = 30  # consecutive unaffordable proposals that end a search
 FAILURE_LIMIT = 5  # consecutive failed trials (a store down, a broken model) that stop a worker
+STORE_WAIT_S = 120.0  # how long a worker waits for an MLflow store that stopped answering
 
 
 @dataclass(frozen=True)
@@ -505,7 +506,9 @@ def run_search(
     from mlscale.data import load
     from mlscale.tracking import experiment_id
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Errors only: a failed trial's reason is its user attribute and the progress line,
+    # not Optuna's warning with the traceback.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage_url = storage or default_storage()
     name = study_name or pipeline.name
 
@@ -583,7 +586,8 @@ def _close_parent(settings: MlflowSettings, study: optuna.Study, pipeline: Pipel
 
 
 def _after_trial(study: optuna.Study, objective: _Objective) -> None:
-    """Count failures in a row; back off (1, 2, 4, 8 s) and stop after FAILURE_LIMIT."""
+    """Count failures in a row: back off (1, 2, 4, 8 s, then until the MLflow store
+    answers) and stop after FAILURE_LIMIT."""
     from optuna.trial import TrialState
 
     trial = objective.current_trial
@@ -600,6 +604,24 @@ def _after_trial(study: optuna.Study, objective: _Objective) -> None:
         raise MlscaleError(f"{FAILURE_LIMIT} trials in a row failed; the last (trial "
                            f"{frozen.number}): {reason}")
     time.sleep(2 ** (objective.failures_in_a_row - 1))
+    _wait_for_tracking(objective.settings)
+
+
+def _wait_for_tracking(settings: MlflowSettings) -> None:
+    """Return once the MLflow store answers; fail after STORE_WAIT_S of silence."""
+    from mlscale.tracking import client
+
+    deadline = time.monotonic() + STORE_WAIT_S
+    while True:
+        try:
+            client(settings).search_experiments(max_results=1)
+            return
+        except Exception as error:  # MlscaleError, or the client's own connection error
+            if time.monotonic() > deadline:
+                raise MlscaleError(f"MLflow store {settings.tracking_uri} did not answer for "
+                                   f"{STORE_WAIT_S:g} s: {str(error).splitlines()[0][:200]}"
+                                   ) from None
+            time.sleep(2)
 
 
 def _fail_interrupted(objective: _Objective) -> None:
@@ -655,8 +677,9 @@ def _progress(study: optuna.Study, pipeline: Pipeline) -> SearchProgress:
                        f"test acc {attrs.get('test_accuracy', 0):.2%}, "
                        f"{attrs.get(SPENT, 0):.3g} FLOPs")
         else:
+            why = attrs.get(PRUNE_REASON, attrs.get(FAIL_REASON))
             message = (f"trial {last.number} ({params}): {last.state.name.lower()}"
-                       + (f" ({attrs[PRUNE_REASON]})" if PRUNE_REASON in attrs else ""))
+                       + (f" ({why})" if why else ""))
     best = min((t.values[0] for t in complete), default=None)
     return SearchProgress(dict(Counter(t.state.name for t in trials)), _spent_flops(trials),
                           pipeline.budget_flops, best, message)

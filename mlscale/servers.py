@@ -238,20 +238,22 @@ def _healthy(uri: str) -> bool:
         return False
 
 
-def _stop_group(pid: int | None, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
-    """Signal the process group ``pid`` leads (mlflow server and its uvicorn) and wait."""
+def _stop_group(pid: int | None, timeout: float = 10.0) -> None:
+    """Stop the process group ``pid`` leads (mlflow server and its uvicorn): SIGTERM, then
+    SIGKILL for whatever still runs after ``timeout`` seconds."""
     if not _alive(pid):
         return
     assert pid is not None
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        with contextlib.suppress(ChildProcessError):  # reap it if it is our child
-            os.waitpid(pid, os.WNOHANG)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):  # reap it if it is our child
+                os.waitpid(pid, os.WNOHANG)
+            if not _alive(pid):
+                return
+            time.sleep(0.1)
 
 
 def up(folder: Path | None = None, mlflow_workers: int = 2) -> Servers:
