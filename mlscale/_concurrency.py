@@ -10,7 +10,8 @@
   yields to admitted trials and to reserved trials with lower numbers, and waits for
   reserved, undecided trials with higher numbers (which yield to it) to decide.
 - The parent run is created by the worker whose ``create_study`` made the study (the
-  storage's unique study name elects exactly one); the others wait for its id.
+  storage's unique study name elects exactly one); the others wait for its id (a creator
+  killed before naming it leaves the choice to the first worker that waited 30 s).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ __all__ = ["ADMITTED", "admission_refusal", "masked_url", "open_study", "per_tri
 
 ADMITTED = "admitted"
 ADMISSION_WAIT_S = 30.0
-PARENT_WAIT_S = 60.0
+PARENT_WAIT_S = 30.0
 
 
 def trial_seed(seed: int, number: int) -> int:

@@ -45,6 +45,8 @@ def run_workers(workers: int, search_args: list[str], capture: bool) -> tuple[in
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-    codes = [child.returncode for child in children]
+    # A child killed by a signal before it could handle it: 128 + the signal, as a shell says.
+    codes = [128 - child.returncode if child.returncode < 0 else child.returncode
+             for child in children]
     failed = [code for code in codes if code != 0]
     return (failed[0] if failed else 0), outputs

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-__all__ = ["Interrupted", "stop_on_signals"]
+__all__ = ["Interrupted", "deferred_signals", "stop_on_signals"]
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -53,3 +53,14 @@ def stop_on_signals() -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT wait until the block ends (e.g. a store's schema being created,
+    which an interruption would leave half-built); they are delivered right after it."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)

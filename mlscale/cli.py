@@ -318,7 +318,7 @@ class _Stopped(MlscaleError):
 
     @classmethod
     def by_signal(cls, stop: Any) -> _Stopped:
-        return cls(stop.exit_code, f"{stop}: the running trial is FAIL (interrupted) and its "
+        return cls(stop.exit_code, f"{stop}: a running trial is FAIL (interrupted) and its "
                                    "run KILLED; run the same command again to resume")
 
 

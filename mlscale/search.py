@@ -36,6 +36,7 @@ from mlscale._concurrency import (
     shared_parent_run,
     store_error,
 )
+from mlscale._signals import deferred_signals
 from mlscale.errors import MlscaleError
 from mlscale.pipeline import KNOBS, Pipeline, Range
 
@@ -290,12 +291,20 @@ class _Objective:
         self.current_trial: optuna.Trial | None = None
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        self.current_trial = trial
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt as stop:  # while proposing, pricing or admitting
+            if FAIL_REASON not in trial.user_attrs:
+                self._record_failure(trial, stop, trained=False, cost=0.0)
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
         import optuna
 
         from mlscale.tracking import train_and_register
         from mlscale.train import TrainConfig
 
-        self.current_trial = trial
         trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
         params = _suggest(trial, self.pipeline)
         per_sample = self.costs.per_sample(params["family"], params["width"], params["depth"])
@@ -518,26 +527,34 @@ def run_search(
 
     rdb = _storage(storage_url, heartbeat_interval, on_stale)
     directions = [optuna.study.StudyDirection.MINIMIZE] * len(pipeline.objectives)
-    try:
-        study, created = open_study(rdb, name, directions)
-    except ValueError as error:
-        raise MlscaleError(f"study {name}: {error}") from None
-    except Exception as error:  # the database went away after it opened
-        raise store_error(storage_url, error) from None
-    if list(study.directions) != directions:
-        raise MlscaleError(f"study {name} exists with other objectives; pass --study NEW")
+
+    def new_parent_run() -> str:
+        return create_parent_run(
+            settings, exp_id, name,
+            {"mlscale.study": name, "mlscale.storage": masked_url(storage_url)},
+            {"pipeline": pipeline.source or pipeline.name,
+             "budget_flops": pipeline.budget_flops, "sampler": pipeline.sampler,
+             "pruner": pipeline.pruner, "objectives": ",".join(pipeline.objectives),
+             "families": ",".join(pipeline.families)})
+
+    # The study's creator names its parent run before a signal can stop it in between.
+    with deferred_signals():
+        try:
+            study, created = open_study(rdb, name, directions)
+        except ValueError as error:
+            raise MlscaleError(f"study {name}: {error}") from None
+        except Exception as error:  # the database went away after it opened
+            raise store_error(storage_url, error) from None
+        if list(study.directions) != directions:
+            raise MlscaleError(f"study {name} exists with other objectives; pass --study NEW")
+        exp_id = experiment_id(settings, settings.experiment_name(pipeline.dataset))
+        if created:
+            parent_run_id = shared_parent_run(study, True, PARENT_RUN, new_parent_run)
+    if not created:
+        parent_run_id = shared_parent_run(study, False, PARENT_RUN, new_parent_run)
     study.sampler = _sampler(pipeline)
     study.pruner = _pruner(pipeline)
     data = data if data is not None else load(pipeline.dataset)
-
-    exp_id = experiment_id(settings, settings.experiment_name(pipeline.dataset))
-    parent_run_id = shared_parent_run(study, created, PARENT_RUN, lambda: create_parent_run(
-        settings, exp_id, name,
-        {"mlscale.study": name, "mlscale.storage": masked_url(storage_url)},
-        {"pipeline": pipeline.source or pipeline.name, "budget_flops": pipeline.budget_flops,
-         "sampler": pipeline.sampler, "pruner": pipeline.pruner,
-         "objectives": ",".join(pipeline.objectives),
-         "families": ",".join(pipeline.families)}))
     resume_parent_run(settings, parent_run_id)
     close_orphan_runs(settings, study, exp_id, parent_run_id)
     objective = _Objective(pipeline, settings, data, parent_run_id, name, on_training)

@@ -183,13 +183,18 @@ def _first_opening(settings: MlflowSettings) -> Iterator[list[str]]:
 
     MLflow builds a fresh SQLite store's schema in the first process that opens it; two
     processes doing so at once make one fail in the migration. A file lock beside the
-    database serializes that first opening (a server's store migrates in its server).
+    database serializes that first opening (a server's store migrates in its server), and
+    SIGTERM/SIGINT wait for its end.
     """
     from filelock import FileLock
+
+    from mlscale._signals import deferred_signals
 
     uris = {settings.tracking_uri, settings.registry_uri or settings.tracking_uri}
     fresh = sorted(u for u in uris - _READY_SQLITE_STORES if u.startswith("sqlite:///"))
     with contextlib.ExitStack() as locks:
+        if fresh:  # a migration stopped half-way would leave the store unusable
+            locks.enter_context(deferred_signals())
         for uri in fresh:
             locks.enter_context(FileLock(uri.removeprefix("sqlite:///") + ".lock", timeout=300))
         yield fresh
