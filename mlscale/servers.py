@@ -210,7 +210,9 @@ def _start_mlflow(servers: Servers, workers: int) -> None:
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                servers.mlflow_backend, "--artifacts-destination", str(folder / "artifacts"),
                "--host", "127.0.0.1", "--port", str(servers.mlflow_port),
-               "--workers", str(workers)]
+               "--workers", str(workers),
+               # open keep-alive connections would otherwise hold up a stop indefinitely
+               "--uvicorn-opts", "--timeout-graceful-shutdown 3"]
     # No job runner: its task consumers would take cores the workers need.
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(folder / "mlflow.log", "ab") as log:
