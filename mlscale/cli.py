@@ -291,15 +291,18 @@ def train_command(arch: str, width: float | None, depth: int | None, epochs: int
 @click.argument("pipeline", type=click.Path(dir_okay=False))
 @click.option("--budget-flops", type=PositiveNumber(), default=None,
               help="Total training FLOPs (overrides the pipeline's budget_flops).")
-@click.option("--storage", default=None,
-              help="Optuna storage URL (default: sqlite:///registry/optuna.db).")
+@click.option("--storage", default=None, envvar="MLSCALE_STORAGE",
+              help="Optuna storage URL (default: $MLSCALE_STORAGE, else "
+                   "sqlite:///registry/optuna.db).")
 @click.option("--study", "study_name", default=None, help="Study name (default: pipeline name).")
 @click.option("--heartbeat", type=click.IntRange(1, 3600), default=10, show_default=True,
               help="Seconds between worker heartbeats; a trial silent for twice this is failed.")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Worker processes on this machine, each with cores / N torch threads.")
 @tracking_option
 @json_option
 def search(pipeline: str, budget_flops: float | None, storage: str | None,
-           study_name: str | None, heartbeat: int, tracking_uri: str | None,
+           study_name: str | None, heartbeat: int, workers: int, tracking_uri: str | None,
            as_json: bool) -> None:
     """Search the zoo under a FLOPs budget as PIPELINE (a pipelines/*.yaml file) defines.
 
@@ -315,6 +318,10 @@ def search(pipeline: str, budget_flops: float | None, storage: str | None,
     if budget_flops is not None:
         spec = spec.with_budget(budget_flops)
     settings = load_settings(tracking_uri)
+    if workers > 1:
+        _search_in_workers(workers, pipeline, budget_flops, storage, study_name, heartbeat,
+                           tracking_uri, as_json)
+        return
     status = _StatusLine()
     ledger = {"line": f"budget {spec.budget_flops:.3g} FLOPs"}
 
@@ -333,14 +340,53 @@ def search(pipeline: str, budget_flops: float | None, storage: str | None,
             click.echo(p.message)
         status.show(ledger["line"])
 
-    summary = run_search(spec, settings, storage=storage, study_name=study_name,
-                         heartbeat_interval=heartbeat, on_progress=on_progress,
-                         on_training=on_training)
+    from mlscale._signals import Interrupted, stop_on_signals
+
+    try:
+        with stop_on_signals():
+            summary = run_search(spec, settings, storage=storage, study_name=study_name,
+                                 heartbeat_interval=heartbeat, on_progress=on_progress,
+                                 on_training=on_training)
+    except Interrupted as stop:
+        status.clear()
+        raise _Stopped.by_signal(stop) from None
     status.clear()
     if as_json:
         _print_json(summary.to_dict())
         return
     _print_search_summary(summary)
+
+
+def _search_in_workers(workers: int, pipeline: str, budget_flops: float | None,
+                       storage: str | None, study_name: str | None, heartbeat: int,
+                       tracking_uri: str | None, as_json: bool) -> None:
+    from mlscale._local_workers import run_workers
+
+    args = [pipeline, "--heartbeat", str(heartbeat)]
+    for flag, value in (("--budget-flops", budget_flops), ("--storage", storage),
+                        ("--study", study_name), ("--tracking-uri", tracking_uri)):
+        if value is not None:
+            args += [flag, repr(value) if isinstance(value, float) else value]
+    code, outputs = run_workers(workers, args + (["--json"] if as_json else []), as_json)
+    if as_json:
+        _print_json({"workers": [json.loads(out) if out.strip() else None
+                                 for out in outputs], "exit_code": code})
+    if code:
+        raise _Stopped(code, f"a worker of {workers} failed (exit status {code}); running the "
+                             "same command again resumes the study")
+
+
+class _Stopped(MlscaleError):
+    """A search stopped (by a signal: 128 + its number) or a worker that did: one line."""
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    @classmethod
+    def by_signal(cls, stop: Any) -> _Stopped:
+        return cls(stop.exit_code, f"{stop}: a running trial is FAIL (interrupted) and its "
+                                   "run KILLED; run the same command again to resume")
 
 
 def _print_search_summary(summary: Any) -> None:
@@ -797,6 +843,15 @@ def _check_ui_args(tracking_uri: str, port: int) -> None:
                                "pass --port with another") from None
 
 
+def _attach_groups() -> None:
+    from mlscale.cli_servers import servers_group
+
+    cli.add_command(servers_group)
+
+
+_attach_groups()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the CLI and turn every error into one line and a non-zero exit."""
     try:
@@ -806,6 +861,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(130)
     except click.ClickException as error:
         click.echo(f"Error: {error.format_message()}", err=True)
+        sys.exit(error.exit_code)
+    except _Stopped as error:
+        click.echo(f"Error: {error}", err=True)
         sys.exit(error.exit_code)
     except MlscaleError as error:
         click.echo(f"Error: {_one_line(str(error))}", err=True)

@@ -16,7 +16,11 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import socket
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -24,12 +28,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlscale._search_failures import (
-    FAILURE,
-    QuietKnownFailures,
-    record_failure,
-    repeated_failure,
+from mlscale._concurrency import (
+    admission_refusal,
+    masked_url,
+    open_study,
+    per_trial_seeds,
+    shared_parent_run,
+    store_error,
 )
+from mlscale._search_failures import FAIL_REASON, repeated_failure
+from mlscale._signals import deferred_signals
 from mlscale.errors import MlscaleError
 from mlscale.pipeline import KNOBS, Pipeline, Range
 
@@ -47,8 +55,11 @@ RUN_ID = "mlflow_run_id"
 PLANNED = "planned_flops"
 SPENT = "flops_spent"
 PRUNE_REASON = "prune_reason"
+WORKER = "worker"  # host:pid of the process that ran the trial
 PARENT_RUN = "mlflow_parent_run_id"
 COST_PRUNE_LIMIT = 30  # consecutive unaffordable proposals that end a search
+FAILURE_LIMIT = 5  # consecutive failed trials (a store down, a broken model) that stop a worker
+STORE_WAIT_S = 120.0  # how long a worker waits for an MLflow store that stopped answering
 
 
 @dataclass(frozen=True)
@@ -91,19 +102,43 @@ def default_storage() -> str:
 
 def _storage(url: str, heartbeat_interval: int, on_stale: Callable[..., None]) -> Any:
     import optuna
+    from filelock import FileLock
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     if "://" not in url:
         raise MlscaleError(f"storage URL '{url}' is not an SQLAlchemy URL such as "
                            "sqlite:///path.db or postgresql://user@host/db")
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's terms
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=heartbeat_interval, grace_period=2 * heartbeat_interval,
-                heartbeat_stale_trial_callback=on_stale)
-    except Exception as error:  # SQLAlchemy's many connection/URL errors
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise MlscaleError(f"cannot open Optuna storage {url}: {first[:300]}") from None
+    _check_driver(url)
+    # Two workers creating a fresh SQLite schema at once collide: one at a time per file.
+    # On a server database the loser of that race sees the winner's tables on a retry.
+    lock = (FileLock(url.removeprefix("sqlite:///") + ".lock", timeout=300)
+            if url.startswith("sqlite:///") else contextlib.nullcontext())
+    for attempt in range(3):
+        try:
+            with lock, warnings.catch_warnings():  # heartbeats are "experimental" to Optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=heartbeat_interval,
+                    grace_period=2 * heartbeat_interval, heartbeat_stale_trial_callback=on_stale)
+        except (IntegrityError, ProgrammingError) as error:
+            if attempt == 2:
+                raise store_error(url, error) from None
+            time.sleep(0.5)
+        except Exception as error:  # SQLAlchemy's many connection/URL errors
+            raise store_error(url, error) from None
+    raise AssertionError("unreachable")
+
+
+def _check_driver(url: str) -> None:
+    """``postgresql://`` means psycopg (version 3) to SQLAlchemy 2.1, and mlscale's
+    ``postgres`` extra installs exactly that driver, so the plain URL needs no rewriting
+    (and ``mlflow server`` reads the same URL the same way)."""
+    import importlib.util
+
+    if url.startswith(("postgresql://", "postgresql+psycopg://")) and \
+            importlib.util.find_spec("psycopg") is None:
+        raise MlscaleError(f"storage {url.split('://')[0]}:// needs the psycopg driver: "
+                           "pip install -e '.[postgres]'")
 
 
 def _suggest(trial: optuna.Trial, pipeline: Pipeline) -> dict[str, Any]:
@@ -126,15 +161,25 @@ def _suggest_range(trial: optuna.Trial, knob: str, spec: Range) -> Any:
     return trial.suggest_float(knob, low, high, log=spec.log)
 
 
-def _sampler(pipeline: Pipeline, seed: int) -> Any:
+def _sampler(pipeline: Pipeline) -> Any:
+    """The pipeline's sampler, each trial's proposal a function of the seed and its number."""
     import optuna
 
     if pipeline.sampler == "grid":
+        # Optuna's grid already gives trial n the n-th point of one seeded permutation.
         space: dict[str, list[Any]] = {"family": list(pipeline.families)}
         space |= {k: list(r.values or ()) for k, r in pipeline.space.items()}
-        return optuna.samplers.GridSampler(space, seed=seed)
-    return {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
-            "nsga2": optuna.samplers.NSGAIISampler}[pipeline.sampler](seed=seed)
+        return optuna.samplers.GridSampler(space, seed=pipeline.seed)
+
+    def make(seed: int) -> optuna.samplers.BaseSampler:
+        if pipeline.sampler == "tpe":
+            # The constant liar counts other workers' running trials as bad results, so
+            # parallel workers explore apart; one worker has none, and is unchanged.
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+        return {"random": optuna.samplers.RandomSampler,
+                "nsga2": optuna.samplers.NSGAIISampler}[pipeline.sampler](seed=seed)
+
+    return per_trial_seeds(make, pipeline.seed)
 
 
 def _pruner(pipeline: Pipeline) -> Any:
@@ -196,8 +241,8 @@ def _min_trial_cost(pipeline: Pipeline, costs: _Costs) -> float:
 def committed_flops(trials: list[optuna.trial.FrozenTrial], exclude: int | None = None) -> float:
     """FLOPs spent by finished trials plus FLOPs reserved by running ones.
 
-    A failed trial counts what it recorded, or its whole plan when it died mid-training
-    (what it spent is unknown; counting all of it keeps the budget a hard ceiling).
+    A failed trial counts its whole plan: one that died mid-training recorded only what it
+    had spent at its last evaluation, and counting all of it keeps the budget a hard ceiling.
     """
     from optuna.trial import TrialState
 
@@ -209,7 +254,7 @@ def committed_flops(trials: list[optuna.trial.FrozenTrial], exclude: int | None 
         if trial.state == TrialState.RUNNING:
             total += attrs.get(PLANNED, 0.0)
         elif trial.state == TrialState.FAIL:
-            total += attrs.get(SPENT, attrs.get(PLANNED, 0.0))
+            total += max(attrs.get(SPENT, 0.0), attrs.get(PLANNED, 0.0))
         else:
             total += attrs.get(SPENT, 0.0)
     return total
@@ -242,13 +287,25 @@ class _Objective:
         self.on_training = on_training
         self.costs = _Costs(pipeline)
         self.cost_prunes_in_a_row = 0
+        self.failures_in_a_row = 0
+        self.current_trial: optuna.Trial | None = None
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        self.current_trial = trial
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt as stop:  # while proposing, pricing or admitting
+            if FAIL_REASON not in trial.user_attrs:
+                self._record_failure(trial, stop, trained=False, cost=0.0)
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
         import optuna
 
         from mlscale.tracking import train_and_register
         from mlscale.train import TrainConfig
 
+        trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
         params = _suggest(trial, self.pipeline)
         per_sample = self.costs.per_sample(params["family"], params["width"], params["depth"])
         samples = _samples(params, per_sample)
@@ -270,11 +327,13 @@ class _Objective:
             trial.set_user_attr(SPENT, 0.0)
             raise optuna.TrialPruned(reason)
         trial.set_user_attr(PLANNED, cost)
-        if self._lost_reservation_race(trial, cost):
+        reason = admission_refusal(trial, cost, self.pipeline.budget_flops, committed_flops)
+        if reason is not None:
             trial.set_user_attr(PLANNED, 0.0)
             trial.set_user_attr(SPENT, 0.0)
-            reason = "cost: another worker reserved the rest of the budget first"
             trial.set_user_attr(PRUNE_REASON, reason)
+            if reason.startswith("duplicate"):  # a sampler that only repeats itself is done
+                self.cost_prunes_in_a_row += 1
             raise optuna.TrialPruned(reason)
         self.cost_prunes_in_a_row = 0
 
@@ -316,8 +375,9 @@ class _Objective:
                       "mlscale.pruned", str(pruned))
             raise
         except BaseException as error:
-            trial.set_user_attr(SPENT, cost)  # it may have trained in full before failing
-            record_failure(trial, error)
+            self._record_failure(trial, error, trained=bool(run_ids), cost=cost)
+            if isinstance(error, Exception) and not isinstance(error, MlscaleError):
+                raise MlscaleError(str(trial.user_attrs.get(FAIL_REASON))) from error
             raise
         self._record(trial, outcome)
         val_loss = outcome.result.history[-1].val_loss
@@ -325,14 +385,19 @@ class _Objective:
             return val_loss
         return val_loss, outcome.latency.at_batch(1).p90_ms
 
-    def _lost_reservation_race(self, trial: optuna.Trial, cost: float) -> bool:
-        """After reserving, yield to running trials with lower numbers if together they
-        overrun the budget: of two workers that reserved at once, exactly one backs off."""
-        from optuna.trial import TrialState
-
-        ahead = [t for t in trial.study.get_trials(deepcopy=False) if t.number != trial.number
-                 and not (t.state == TrialState.RUNNING and t.number > trial.number)]
-        return committed_flops(ahead) + cost > self.pipeline.budget_flops
+    @staticmethod
+    def _record_failure(trial: optuna.Trial, error: BaseException, trained: bool,
+                        cost: float) -> None:
+        """Why the trial failed, and what it costs: nothing if its run never started,
+        else its whole plan (it may have trained in full before failing)."""
+        text = str(error).strip()
+        reason = text.splitlines()[0][:500] if text else type(error).__name__
+        if isinstance(error, KeyboardInterrupt):
+            reason = f"interrupted ({getattr(error, 'signal_name', 'SIGINT')})"
+        trial.set_user_attr(FAIL_REASON, reason)
+        trial.set_user_attr(SPENT, cost if trained else 0.0)
+        if not trained:
+            trial.set_user_attr(PLANNED, 0.0)
 
     @staticmethod
     def _record(trial: optuna.Trial, outcome: TrainingOutcome) -> None:
@@ -381,13 +446,13 @@ def _summarise(study: optuna.Study, pipeline: Pipeline, storage_url: str,
                          parent_run_id)
 
 
-def _log_plots(study: optuna.Study, pipeline: Pipeline) -> list[str]:
-    """Optuna's matplotlib plots, logged to the active (parent) run; returns their paths."""
+def _log_plots(study: optuna.Study, pipeline: Pipeline, mlflow_client: Any,
+               run_id: str) -> list[str]:
+    """Optuna's matplotlib plots, logged to the parent run; returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import mlflow
     import optuna
     import optuna.visualization.matplotlib as vis
     from optuna.trial import TrialState
@@ -419,7 +484,7 @@ def _log_plots(study: optuna.Study, pipeline: Pipeline) -> list[str]:
         except (ValueError, RuntimeError):  # e.g. importances need varied parameters
             continue
         figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-        mlflow.log_figure(figure, path)
+        mlflow_client.log_figure(run_id, figure, path)
         plt.close(figure)
         logged.append(path)
     return logged
@@ -439,16 +504,20 @@ def run_search(
     """Run (or resume) the pipeline's search until its FLOPs budget is spent.
 
     Any number of processes may run this on the same ``storage`` and ``study_name``:
-    each trial's planned cost is reserved in the storage before it trains.
+    each trial's planned cost is reserved in the storage before it trains, a trial with
+    the parameters of a finished or running one is refused, and all share one parent run.
+    A KeyboardInterrupt (or a signal turned into one) fails the running trial with the
+    reason ``interrupted`` and kills its run before it propagates.
     """
-    import mlflow
     import optuna
 
+    from mlscale._study_runs import close_orphan_runs, create_parent_run, resume_parent_run
     from mlscale.data import load
-    from mlscale.tracking import experiment_id, mlflow_errors
+    from mlscale.tracking import experiment_id
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _quiet_known_failures()
+    # Errors only: a failed trial's reason is its user attribute and the progress line,
+    # not Optuna's warning with the traceback.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage_url = storage or default_storage()
     name = study_name or pipeline.name
 
@@ -458,61 +527,135 @@ def run_search(
 
     rdb = _storage(storage_url, heartbeat_interval, on_stale)
     directions = [optuna.study.StudyDirection.MINIMIZE] * len(pipeline.objectives)
-    try:
-        study = optuna.create_study(storage=rdb, study_name=name, directions=directions,
-                                    load_if_exists=True)
-    except ValueError as error:
-        raise MlscaleError(f"study {name}: {error}") from None
-    if list(study.directions) != directions:
-        raise MlscaleError(f"study {name} exists with other objectives; pass --study NEW")
-    study.sampler = _sampler(pipeline, pipeline.seed + len(study.trials))
+
+    def new_parent_run() -> str:
+        return create_parent_run(
+            settings, exp_id, name,
+            {"mlscale.study": name, "mlscale.storage": masked_url(storage_url)},
+            {"pipeline": pipeline.source or pipeline.name,
+             "budget_flops": pipeline.budget_flops, "sampler": pipeline.sampler,
+             "pruner": pipeline.pruner, "objectives": ",".join(pipeline.objectives),
+             "families": ",".join(pipeline.families)})
+
+    # The study's creator names its parent run before a signal can stop it in between.
+    with deferred_signals():
+        try:
+            study, created = open_study(rdb, name, directions)
+        except ValueError as error:
+            raise MlscaleError(f"study {name}: {error}") from None
+        except Exception as error:  # the database went away after it opened
+            raise store_error(storage_url, error) from None
+        if list(study.directions) != directions:
+            raise MlscaleError(f"study {name} exists with other objectives; pass --study NEW")
+        exp_id = experiment_id(settings, settings.experiment_name(pipeline.dataset))
+        if created:
+            parent_run_id = shared_parent_run(study, True, PARENT_RUN, new_parent_run)
+    if not created:
+        parent_run_id = shared_parent_run(study, False, PARENT_RUN, new_parent_run)
+    study.sampler = _sampler(pipeline)
     study.pruner = _pruner(pipeline)
     data = data if data is not None else load(pipeline.dataset)
-
-    exp_id = experiment_id(settings, settings.experiment_name(pipeline.dataset))
-    parent_run_id = study.user_attrs.get(PARENT_RUN)
-    with mlflow_errors(settings):
-        if parent_run_id:
-            mlflow.start_run(run_id=parent_run_id)
-        else:
-            run = mlflow.start_run(experiment_id=exp_id, run_name=f"search-{name}",
-                                   tags={"mlscale.study": name, "mlscale.storage": storage_url})
-            parent_run_id = run.info.run_id
-            study.set_user_attr(PARENT_RUN, parent_run_id)
-            mlflow.log_params({"pipeline": pipeline.source or pipeline.name,
-                               "budget_flops": pipeline.budget_flops,
-                               "sampler": pipeline.sampler, "pruner": pipeline.pruner,
-                               "objectives": ",".join(pipeline.objectives),
-                               "families": ",".join(pipeline.families)})
+    resume_parent_run(settings, parent_run_id)
+    close_orphan_runs(settings, study, exp_id, parent_run_id)
     objective = _Objective(pipeline, settings, data, parent_run_id, name, on_training)
     objective.cost_prunes_in_a_row = _unaffordable_tail(study, pipeline)
     min_cost = _min_trial_cost(pipeline, objective.costs)
-    status = "KILLED"
+    status = "FAILED"
     try:
         while _should_continue(study, pipeline, objective, min_cost):
             study.optimize(objective, n_trials=1, catch=(MlscaleError,))
+            _after_trial(study, objective)
             if on_progress is not None:
                 on_progress(_progress(study, pipeline))
             if (reason := repeated_failure(study)) is not None:
                 status = "FAILED"
                 raise MlscaleError(f"search stopped: its last trials all failed with: {reason}")
         summary = _summarise(study, pipeline, storage_url, parent_run_id)
-        summary.plots = _log_plots(study, pipeline)
-        mlflow.log_dict(summary.to_dict(), "search_summary.json")
-        mlflow.log_metrics({"flops_spent": summary.flops_spent,
-                            "trials_complete": summary.n_trials.get("COMPLETE", 0)})
         status = "FINISHED"
         return summary
+    except KeyboardInterrupt:
+        status = "KILLED"
+        _fail_interrupted(objective)
+        raise
     finally:
-        mlflow.end_run(status)
+        close_orphan_runs(settings, study, exp_id, parent_run_id)
+        if status == "FINISHED":
+            _close_parent(settings, study, pipeline, storage_url, parent_run_id, status)
+        else:  # already failing: what the store says now must not hide why
+            with contextlib.suppress(Exception):
+                _close_parent(settings, study, pipeline, storage_url, parent_run_id, status)
 
 
-def _quiet_known_failures() -> None:
-    import logging
+def _close_parent(settings: MlflowSettings, study: optuna.Study, pipeline: Pipeline,
+                  storage_url: str, parent_run_id: str, status: str) -> None:
+    """If no other worker still trains: the summary and plots to the parent run, ended."""
+    from mlscale._study_runs import others_running
+    from mlscale.tracking import client, mlflow_errors
 
-    optimize_logger = logging.getLogger("optuna.study._optimize")
-    if not any(isinstance(f, QuietKnownFailures) for f in optimize_logger.filters):
-        optimize_logger.addFilter(QuietKnownFailures())
+    if others_running(study):
+        return
+    mlflow_client = client(settings)
+    with mlflow_errors(settings):
+        summary = _summarise(study, pipeline, storage_url, parent_run_id)
+        summary.plots = _log_plots(study, pipeline, mlflow_client, parent_run_id)
+        mlflow_client.log_dict(parent_run_id, summary.to_dict(), "search_summary.json")
+        mlflow_client.log_metric(parent_run_id, "flops_spent", summary.flops_spent)
+        mlflow_client.log_metric(parent_run_id, "trials_complete",
+                                 summary.n_trials.get("COMPLETE", 0))
+        mlflow_client.set_terminated(parent_run_id, status)
+
+
+def _after_trial(study: optuna.Study, objective: _Objective) -> None:
+    """Count failures in a row: back off (1, 2, 4, 8 s, then until the MLflow store
+    answers) and stop after FAILURE_LIMIT."""
+    from optuna.trial import TrialState
+
+    trial = objective.current_trial
+    frozen = next((t for t in study.get_trials(deepcopy=False)
+                   if trial is not None and t.number == trial.number), None)
+    if frozen is None:
+        return
+    if frozen.state != TrialState.FAIL:
+        objective.failures_in_a_row = 0
+        return
+    objective.failures_in_a_row += 1
+    reason = frozen.user_attrs.get(FAIL_REASON, "unknown")
+    if objective.failures_in_a_row >= FAILURE_LIMIT:
+        raise MlscaleError(f"{FAILURE_LIMIT} trials in a row failed; the last (trial "
+                           f"{frozen.number}): {reason}")
+    time.sleep(2 ** (objective.failures_in_a_row - 1))
+    _wait_for_tracking(objective.settings)
+
+
+def _wait_for_tracking(settings: MlflowSettings) -> None:
+    """Return once the MLflow store answers; fail after STORE_WAIT_S of silence."""
+    from mlscale.tracking import client
+
+    deadline = time.monotonic() + STORE_WAIT_S
+    while True:
+        try:
+            client(settings).search_experiments(max_results=1)
+            return
+        except Exception as error:  # MlscaleError, or the client's own connection error
+            if time.monotonic() > deadline:
+                raise MlscaleError(f"MLflow store {settings.tracking_uri} did not answer for "
+                                   f"{STORE_WAIT_S:g} s: {str(error).splitlines()[0][:200]}"
+                                   ) from None
+            time.sleep(2)
+
+
+def _fail_interrupted(objective: _Objective) -> None:
+    """The interrupted trial FAIL, even where Optuna had not yet or no longer held it."""
+    from optuna.trial import TrialState
+
+    trial = objective.current_trial
+    if trial is None:
+        return
+    with contextlib.suppress(Exception):  # already told: Optuna failed it itself
+        if FAIL_REASON not in trial.user_attrs:
+            trial.set_user_attr(FAIL_REASON, "interrupted")
+        trial.study.tell(trial, state=TrialState.FAIL)
+
 
 
 def _unaffordable_tail(study: optuna.Study, pipeline: Pipeline) -> int:
@@ -555,9 +698,9 @@ def _progress(study: optuna.Study, pipeline: Pipeline) -> SearchProgress:
                        f"test acc {attrs.get('test_accuracy', 0):.2%}, "
                        f"{attrs.get(SPENT, 0):.3g} FLOPs")
         else:
+            why = attrs.get(PRUNE_REASON, attrs.get(FAIL_REASON))
             message = (f"trial {last.number} ({params}): {last.state.name.lower()}"
-                       + (f" ({attrs[PRUNE_REASON]})" if PRUNE_REASON in attrs else "")
-                       + (f" ({attrs[FAILURE]})" if FAILURE in attrs else ""))
+                       + (f" ({why})" if why else ""))
     best = min((t.values[0] for t in complete), default=None)
     return SearchProgress(dict(Counter(t.state.name for t in trials)), _spent_flops(trials),
                           pipeline.budget_flops, best, message)

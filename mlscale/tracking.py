@@ -197,21 +197,61 @@ def client(settings: MlflowSettings) -> MlflowClient:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keeps --json clean
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a server's run URLs
     check_uri_scheme(settings.tracking_uri)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.registry_uri or settings.tracking_uri)
-    with mlflow_errors(settings):
-        return mlflow.MlflowClient(settings.tracking_uri, settings.registry_uri)
+    with mlflow_errors(settings), _first_opening(settings) as fresh:
+        mlflow_client = mlflow.MlflowClient(settings.tracking_uri, settings.registry_uri)
+        if fresh:  # open (and migrate) both stores while holding the lock
+            mlflow_client.search_experiments(max_results=1)
+            mlflow_client.search_registered_models(max_results=1)
+        return mlflow_client
+
+
+_READY_SQLITE_STORES: set[str] = set()
+
+
+@contextlib.contextmanager
+def _first_opening(settings: MlflowSettings) -> Iterator[list[str]]:
+    """Create (or migrate) this process's SQLite stores one process at a time.
+
+    MLflow builds a fresh SQLite store's schema in the first process that opens it; two
+    processes doing so at once make one fail in the migration. A file lock beside the
+    database serializes that first opening (a server's store migrates in its server), and
+    SIGTERM/SIGINT wait for its end.
+    """
+    from filelock import FileLock
+
+    from mlscale._signals import deferred_signals
+
+    uris = {settings.tracking_uri, settings.registry_uri or settings.tracking_uri}
+    fresh = sorted(u for u in uris - _READY_SQLITE_STORES if u.startswith("sqlite:///"))
+    with contextlib.ExitStack() as locks:
+        if fresh:  # a migration stopped half-way would leave the store unusable
+            locks.enter_context(deferred_signals())
+        for uri in fresh:
+            locks.enter_context(FileLock(uri.removeprefix("sqlite:///") + ".lock", timeout=300))
+        yield fresh
+    _READY_SQLITE_STORES.update(fresh)
 
 
 def experiment_id(settings: MlflowSettings, name: str) -> str:
     """The id of experiment ``name``, created (with the configured artifact folder) if new."""
+    from mlflow.exceptions import MlflowException
+
     mlflow_client = client(settings)
     with mlflow_errors(settings):
         existing = mlflow_client.get_experiment_by_name(name)
         if existing is not None:
             return str(existing.experiment_id)
-        return str(mlflow_client.create_experiment(name, settings.artifact_location))
+        try:
+            return str(mlflow_client.create_experiment(name, settings.artifact_location))
+        except MlflowException:  # another worker created it first
+            existing = mlflow_client.get_experiment_by_name(name)
+            if existing is None:
+                raise
+            return str(existing.experiment_id)
 
 
 @dataclass(frozen=True)
@@ -282,9 +322,13 @@ def latency_markdown(report: LatencyReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _register(mlflow_client: MlflowClient, name: str, model_uri: str, run_id: str,
-              tags: dict[str, str], description: str) -> str:
-    """Create the version with all its tags in one call: complete, or not there at all."""
+def _register(mlflow_client: MlflowClient, name: str, model_uri: str, model_id: str | None,
+              run_id: str, tags: dict[str, str], description: str) -> str:
+    """Create the version with all its tags in one call: complete, or not there at all.
+
+    ``model_id`` names the logged model the ``models:/m-...`` source points at: a tracking
+    server refuses a logged-model source without it (a local store resolves it itself).
+    """
     from mlflow.exceptions import MlflowException
 
     try:
@@ -294,7 +338,7 @@ def _register(mlflow_client: MlflowClient, name: str, model_uri: str, run_id: st
             mlflow_client.create_registered_model(
                 name, description="Models registered by mlscale, one version per training run.")
     version = mlflow_client.create_model_version(name, model_uri, run_id, tags=tags,
-                                                 description=description)
+                                                 description=description, model_id=model_id)
     return str(version.version)
 
 
@@ -405,8 +449,8 @@ def train_and_register(
                      "num_classes": str(data.info.num_classes)}
             if data.info.name != config.dataset:  # a user source: where its files are
                 tags["dataset_source"] = config.dataset
-            number = _register(mlflow_client, model_name, model_info.model_uri, run_id, tags,
-                               _description(result, latency))
+            number = _register(mlflow_client, model_name, model_info.model_uri,
+                               model_info.model_id, run_id, tags, _description(result, latency))
             champion = _move_champion(mlflow_client, model_name, number, result.test_accuracy)
             version = RegisteredVersion(model_name, number, champion)
             mlflow.set_tag("mlscale.registered_model", version.model_uri)
@@ -417,8 +461,13 @@ def train_and_register(
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         with contextlib.suppress(Exception):
             mlflow_client.set_tag(run_id, FAILURE_TAG, reason[:5000])
-        mlflow.end_run("FAILED")
-        raise
+        # Stopped by a signal or Ctrl-C: KILLED, as MLflow names a run ended from outside.
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        # An unreachable store keeps the run RUNNING; a search marks it once it is back.
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status)
+        with mlflow_errors(settings):  # a store's error as one line, naming the store
+            raise
     return TrainingOutcome(result, exported, latency, run_id, version, clock.laps)
 
 

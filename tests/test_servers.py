@@ -1,0 +1,244 @@
+"""Workers against real servers: PostgreSQL for Optuna, an MLflow tracking server.
+
+The servers are the ones `mlscale servers up` starts. Where PostgreSQL cannot start, these
+tests fail in CI (CI=true) and are skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from mlscale import servers as servers_module
+from mlscale.search import FAIL_REASON, PARENT_RUN, RUN_ID, SPENT, WORKER, committed_flops
+from mlscale.servers import Servers
+from mlscale.tracking import COST_CARD
+from tests._cli import run_main
+
+BUDGET = 9.0e9
+PIPELINE: dict[str, Any] = {
+    "name": "scale", "dataset": "mnist", "families": ["lenet5"],
+    "search_space": {"width": {"low": 0.5, "high": 1.0}, "depth": 1,
+                     "train_size": {"low": 300, "high": 600}, "epochs": 1,
+                     "lr": {"low": 2e-3, "high": 6e-3, "log": True}},
+    "budget_flops": BUDGET, "trial_flops_cap": 2.0e9, "sampler": "tpe", "pruner": "none",
+    "seed": 0, "val_size": 300, "latency_seconds": 0.01, "evaluations": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[Servers]:
+    """PostgreSQL + mlflow server in a folder the `postgres` user can enter (under /tmp)."""
+    folder = Path(tempfile.mkdtemp(prefix="mlscale-servers-"))
+    folder.chmod(0o755)
+    command = [sys.executable, "-m", "mlscale", "servers"]
+    up = subprocess.run([*command, "up", "--dir", str(folder), "--json"], capture_output=True,
+                        text=True, timeout=300)
+    if up.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the servers must start in CI: {up.stderr.strip()}")
+        pytest.skip(f"cannot start the servers here: {up.stderr.strip()}")
+    started = servers_module.status(folder)
+    assert started is not None and started.postgres_pid and started.mlflow_pid
+    yield started
+    subprocess.run([*command, "down", "--dir", str(folder)], check=True, timeout=120)
+    assert servers_module.status(folder) is not None, "down keeps the data"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _pipeline(tmp_path: Path, **overrides: Any) -> Path:
+    path = tmp_path / "scale.yaml"
+    path.write_text(yaml.safe_dump(PIPELINE | overrides))
+    return path
+
+
+def _worker(pipeline: Path, servers: Servers, study: str, *extra: str) -> subprocess.Popen[str]:
+    env = os.environ | {"MLFLOW_TRACKING_URI": servers.tracking_uri,
+                        "MLSCALE_STORAGE": servers.optuna_storage, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "mlscale", "search", str(pipeline),
+                             "--study", study, "--heartbeat", "1", *extra], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _study(servers: Servers, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=servers.optuna_storage)
+
+
+def _assert_ledger(servers: Servers, name: str, budget: float = BUDGET) -> None:
+    """Budget kept, no duplicates, one parent, one run per trained trial, one version per
+    COMPLETE trial with its cost card, every run closed."""
+    study = _study(servers, name)
+    trials = study.get_trials()
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    assert committed_flops(trials) <= budget
+    trained = [t for t in trials if RUN_ID in t.user_attrs]
+    params = [tuple(sorted(t.params.items())) for t in trials if t.state == TrialState.COMPLETE]
+    assert len(params) == len(set(params)), "two trials trained the same parameters"
+    client = MlflowClient(servers.tracking_uri, servers.tracking_uri)
+    parent = study.user_attrs[PARENT_RUN]
+    experiment = client.get_experiment_by_name("mlscale-mnist")
+    assert experiment is not None
+    parents = client.search_runs([experiment.experiment_id],
+                                 f"tags.`mlscale.study` = '{name}' and run_name = 'search-{name}'")
+    assert [r.info.run_id for r in parents] == [parent], "one parent run per study"
+    children = client.search_runs([experiment.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000)
+    assert sorted(r.info.run_id for r in children) == sorted(t.user_attrs[RUN_ID]
+                                                             for t in trained)
+    assert all(r.info.status != "RUNNING" for r in [*children, *parents])
+    versions = {v.run_id: v for v in client.search_model_versions("name = 'mnist-lenet5'")
+                if v.run_id in {t.user_attrs[RUN_ID] for t in trained}}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert complete
+    assert sorted(versions) == sorted(t.user_attrs[RUN_ID] for t in complete)
+    for version in versions.values():
+        assert set(COST_CARD) <= set(version.tags)
+    mlflow.set_tracking_uri(servers.tracking_uri)
+    with tempfile.TemporaryDirectory() as folder:
+        version = next(iter(versions.values()))
+        mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}",
+                                            dst_path=folder)
+        assert list(Path(folder).glob("*.onnx")), "the ONNX file comes back through the server"
+
+
+@pytest.mark.slow
+def test_servers_up_twice_is_harmless_and_status_says_what_runs(servers: Servers,
+                                                                capsys: pytest.CaptureFixture
+                                                                [str]) -> None:
+    again = servers_module.up(Path(servers.folder))
+    assert (again.postgres_pid, again.mlflow_pid) == (servers.postgres_pid, servers.mlflow_pid)
+    code, out, _ = run_main(capsys, "servers", "status", "--dir", servers.folder, "--json")
+    payload = json.loads(out)
+    assert code == 0 and payload["postgres_running"] and payload["mlflow_running"]
+    assert payload["tracking_uri"] == servers.tracking_uri
+
+
+def test_unreachable_stores_are_one_line_errors_naming_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(capsys, "search", str(_pipeline(tmp_path)), "--storage",
+                            "postgresql://nobody:secret@127.0.0.1:1/x")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith("Error: cannot open Optuna storage postgresql://nobody:***@127.0.0.1:1/x")
+    for args in (["models"], ["search", str(_pipeline(tmp_path)), "--storage",
+                              f"sqlite:///{tmp_path / 'o.db'}"]):
+        code, _, err = run_main(capsys, *args, "--tracking-uri", "http://127.0.0.1:1")
+        assert code == 1 and len(err.strip().splitlines()) == 1
+        assert err.startswith("Error: MLflow store http://127.0.0.1:1 failed")
+
+
+@pytest.mark.slow
+def test_train_registers_through_the_server_with_its_onnx_and_cost_card(
+        servers: Servers, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run_main(capsys, "train", "--arch", "lenet5", "--train-size", "300",
+                              "--max-train-flops", "3e8", "--latency-seconds", "0.01",
+                              "--tracking-uri", servers.tracking_uri, "--json")
+    assert code == 0, err
+    registered = json.loads(out)["registered"]
+    client = MlflowClient(servers.tracking_uri, servers.tracking_uri)
+    version = client.get_model_version(registered["name"], registered["version"])
+    assert set(COST_CARD) <= set(version.tags)
+    mlflow.set_tracking_uri(servers.tracking_uri)
+    folder = mlflow.artifacts.download_artifacts(registered["model_uri"], dst_path=str(tmp_path))
+    assert list(Path(folder).glob("*.onnx")), "the ONNX file comes back through the server"
+
+
+@pytest.mark.slow
+def test_three_workers_started_at_once_share_one_study(servers: Servers,
+                                                       tmp_path: Path) -> None:
+    pipeline = _pipeline(tmp_path)
+    pair = _worker(pipeline, servers, "three", "--workers", "2", "--json")
+    single = _worker(pipeline, servers, "three", "--json")
+    out, err = pair.communicate(timeout=600)
+    assert pair.returncode == 0, err[-3000:]
+    payload = json.loads(out)
+    assert payload["exit_code"] == 0 and len(payload["workers"]) == 2
+    out, err = single.communicate(timeout=600)
+    assert single.returncode == 0, err[-3000:]
+    for summary in [*payload["workers"], json.loads(out)]:
+        assert summary["flops_spent"] <= BUDGET
+    _assert_ledger(servers, "three")
+    study = _study(servers, "three")
+    assert len({t.user_attrs[WORKER] for t in study.trials if RUN_ID in t.user_attrs}) >= 2
+
+
+def _wait_for(predicate: Any, timeout: float = 240) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting")
+
+
+def _training_trial(servers: Servers, name: str, pid: int) -> optuna.trial.FrozenTrial | None:
+    """The trial worker ``pid`` is training now (its run started, no epoch done yet)."""
+    try:
+        trials = _study(servers, name).get_trials()
+    except KeyError:
+        return None
+    return next((t for t in trials if t.state == TrialState.RUNNING and RUN_ID in t.user_attrs
+                 and SPENT not in t.user_attrs
+                 and t.user_attrs.get(WORKER, "").endswith(f":{pid}")), None)
+
+
+@pytest.mark.slow
+def test_sigkill_one_worker_sigterm_another_and_a_restart_finishes(servers: Servers,
+                                                                   tmp_path: Path) -> None:
+    pipeline = _pipeline(tmp_path)
+    killed, stopped = (_worker(pipeline, servers, "kill") for _ in range(2))
+    _wait_for(lambda: _training_trial(servers, "kill", killed.pid))
+    killed.send_signal(signal.SIGKILL)
+    victim = _wait_for(lambda: _training_trial(servers, "kill", stopped.pid))
+    stopped.send_signal(signal.SIGTERM)
+    _, err = stopped.communicate(timeout=120)
+    killed.communicate(timeout=30)
+    assert stopped.returncode == 143
+    assert err.strip().splitlines()[-1].startswith("Error: interrupted by SIGTERM")
+    interrupted = _study(servers, "kill").trials[victim.number]
+    assert interrupted.state == TrialState.FAIL
+    assert interrupted.user_attrs[FAIL_REASON].startswith("interrupted")
+    client = MlflowClient(servers.tracking_uri, servers.tracking_uri)
+    assert client.get_run(victim.user_attrs[RUN_ID]).info.status == "KILLED"
+    time.sleep(2.5)  # past the killed worker's heartbeat grace period
+    restarted = _worker(pipeline, servers, "kill")
+    _, err = restarted.communicate(timeout=600)
+    assert restarted.returncode == 0, err[-3000:]
+    _assert_ledger(servers, "kill")
+
+
+@pytest.mark.slow
+def test_the_mlflow_server_going_away_fails_trials_cleanly_and_the_search_goes_on(
+        servers: Servers, tmp_path: Path) -> None:
+    pipeline = _pipeline(tmp_path, budget_flops=5e9)
+    worker = _worker(pipeline, servers, "outage")
+    _wait_for(lambda: _training_trial(servers, "outage", worker.pid))
+    servers_module._stop_group(servers.mlflow_pid)
+    time.sleep(4)
+    back = servers_module.up(Path(servers.folder))
+    assert back.tracking_uri == servers.tracking_uri, "the server came back on its port"
+    servers.mlflow_pid = back.mlflow_pid
+    _, err = worker.communicate(timeout=600)
+    assert worker.returncode == 0, err[-3000:]
+    failed = [t for t in _study(servers, "outage").trials if t.state == TrialState.FAIL]
+    assert failed, "a trial ran into the outage"
+    for trial in failed:
+        assert "MLflow store http://127.0.0.1" in trial.user_attrs[FAIL_REASON]
+    _assert_ledger(servers, "outage", budget=5e9)
