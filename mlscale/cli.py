@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mlscale.checks import PositiveNumber
 from mlscale.errors import MlscaleError
+
+if TYPE_CHECKING:
+    from mlscale.tracking import MlflowSettings
 
 DATASET_NAMES = ("mnist", "fashion-mnist")
 
@@ -814,6 +817,9 @@ def ui(port: int, tracking_uri: str | None) -> None:
     from mlscale.tracking import load_settings
 
     settings = load_settings(tracking_uri, create=False)
+    if settings.tracking_uri.startswith(("http://", "https://")):
+        _point_at_server_ui(settings)
+        return
     _check_ui_args(settings.tracking_uri, port)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri,
                "--registry-store-uri", settings.registry_uri or settings.tracking_uri,
@@ -826,6 +832,16 @@ def ui(port: int, tracking_uri: str | None) -> None:
         code = 0
     if code:
         raise MlscaleError(f"the MLflow UI exited with status {code} (is port {port} free?)")
+
+
+def _point_at_server_ui(settings: MlflowSettings) -> None:
+    """An MLflow tracking server serves the UI itself: check that it answers, say where."""
+    from mlscale.tracking import client, mlflow_errors
+
+    with mlflow_errors(settings):
+        client(settings).search_experiments(max_results=1)
+    click.echo(f"The MLflow server {settings.tracking_uri} serves the UI itself: open "
+               f"{settings.tracking_uri.rstrip('/')}/#/models", err=True)
 
 
 def _check_ui_args(tracking_uri: str, port: int) -> None:

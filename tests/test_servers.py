@@ -22,6 +22,7 @@ import mlflow
 import optuna
 import pytest
 import yaml
+from _cli import run_main
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -29,7 +30,6 @@ from mlscale import servers as servers_module
 from mlscale.search import FAIL_REASON, PARENT_RUN, RUN_ID, SPENT, WORKER, committed_flops
 from mlscale.servers import Servers
 from mlscale.tracking import COST_CARD
-from tests._cli import run_main
 
 BUDGET = 9.0e9
 PIPELINE: dict[str, Any] = {
@@ -242,3 +242,40 @@ def test_the_mlflow_server_going_away_fails_trials_cleanly_and_the_search_goes_o
     for trial in failed:
         assert "MLflow store http://127.0.0.1" in trial.user_attrs[FAIL_REASON]
     _assert_ledger(servers, "outage", budget=5e9)
+
+
+@pytest.mark.slow
+def test_the_readers_work_unchanged_against_the_server(servers: Servers, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 3 x 3 grid trained through the server, then `models`, `fit`, `budget`, both
+    reports and `ui` read it back through the same URL."""
+    grid = {"name": "readers", "dataset": "mnist", "families": ["lenet5"],
+            "search_space": {"width": [0.5, 1.0, 2.0], "depth": [1],
+                             "train_size": [300, 600, 1200], "epochs": [1], "lr": [4e-3]},
+            "budget_flops": 1e11, "sampler": "grid", "pruner": "none", "seed": 0,
+            "val_size": 300, "latency_seconds": 0.01, "evaluations": 1}
+    path = tmp_path / "readers.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", servers.tracking_uri)
+    code, _, err = run_main(capsys, "search", str(path), "--storage", servers.optuna_storage)
+    assert code == 0, err
+    code, out, err = run_main(capsys, "models", "--json")
+    assert code == 0, err
+    assert len([row for row in json.loads(out) if row["arch"] == "lenet5"]) >= 9
+    code, out, err = run_main(capsys, "fit", "--experiment", "mlscale-mnist", "--arch",
+                              "lenet5", "--law", "nd", "--json")
+    assert code == 0, err
+    assert json.loads(out)["nobs"] >= 9
+    code, out, err = run_main(capsys, "budget", "--flops", "1e11", "--families", "lenet5",
+                              "--json", "--refresh")
+    assert code == 0, err
+    assert json.loads(out)["family"] == "lenet5"
+    for report in ("latency", "scaling"):
+        code, _, err = run_main(capsys, "report", report, "--out", str(tmp_path / report))
+        assert code == 0, err
+        assert (tmp_path / report / f"{report}_report.html").is_file()
+    code, _, err = run_main(capsys, "ui")
+    assert code == 0
+    assert err.strip() == (f"The MLflow server {servers.tracking_uri} serves the UI itself: "
+                           f"open {servers.tracking_uri}/#/models")
