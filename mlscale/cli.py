@@ -655,8 +655,9 @@ def report_latency(out_dir: str, models: tuple[str, ...], dataset: str | None, n
 @click.option("--experiment", default=None,
               help="Finished runs of this MLflow experiment (default: the registered models).")
 @click.option("--families", default=None, help="Comma-separated families (default: all).")
-@click.option("--dataset", type=click.Choice(DATASET_NAMES), default="mnist", show_default=True,
-              help="Dataset of the registered models (not used with --experiment).")
+@click.option("--dataset", type=_DatasetType(DATASET_NAMES), default="mnist", show_default=True,
+              help="Dataset of the registered models (not used with --experiment): a built-in "
+                   "name, npz:PATH, imagefolder:PATH or torchvision:NAME.")
 @click.option("--no-log", is_flag=True, help="Do not log the report to MLflow.")
 @tracking_option
 @json_option
@@ -670,7 +671,8 @@ def report_scaling(out_dir: str, experiment: str | None, families: str | None,
     from mlscale.tracking import load_settings
 
     chosen = [name.strip() for name in families.split(",") if name.strip()] if families else None
-    result = scaling_report(load_settings(tracking_uri), out_dir, experiment=experiment,
+    result = scaling_report(load_settings(tracking_uri, create=False), out_dir,
+                            experiment=experiment,
                             dataset=dataset, families=chosen, log=not no_log)
     if as_json:
         _print_json(result.to_dict())

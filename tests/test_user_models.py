@@ -209,6 +209,8 @@ def _whole_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str], dataset:
         "budget": ["budget", "--flops", "1e10", "--dataset", dataset, "--json"],
         "report": ["report", "latency", "--out", str(tmp_path / "report"), "--no-log",
                    "--dataset", dataset, "--json"],
+        "scaling": ["report", "scaling", "--out", str(tmp_path / "scaling"), "--no-log",
+                    "--dataset", dataset, "--json"],
     }
     for step, args in steps.items():
         code, out, err = run_main(capsys, *args)
@@ -244,6 +246,7 @@ def test_import_path_family_on_an_npz_dataset_end_to_end(
     assert advice["family"] == FAMILY and f"--dataset {dataset}" in advice["train_command"]
     assert f"--arch {FAMILY}" in advice["train_command"] and advice["dataset"] == dataset
     assert outputs["report"]["models"] == 10
+    assert outputs["scaling"]["runs"] == 10
     _check_registered_onnx(f"models:/npz-shapes-{arch_name(FAMILY)}@champion", (3, 16, 16))
 
 
