@@ -320,6 +320,7 @@ def train_and_register(
     from mlscale.train import train
 
     config.validate()
+    config = config.with_family_defaults()
     spec = model_spec(config.arch)
     name = run_name(config.arch, config.width if config.width is not None else spec.default_width,
                     config.depth if config.depth is not None else spec.default_depth)

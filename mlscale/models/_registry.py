@@ -35,7 +35,10 @@ class ModelSpec:
 
     ``builder`` takes the keyword arguments ``width``, ``depth``, ``in_channels``,
     ``num_classes`` and ``image_size``; both ranges are inclusive. ``source`` is the
-    ``module:builder`` of a user family (empty for the built-in ones).
+    ``module:builder`` of a user family (empty for the built-in ones). ``lr``,
+    ``weight_decay`` and ``warmup_share`` are the family's training defaults (AdamW's peak
+    learning rate and decoupled weight decay, the one-cycle schedule's warm-up share),
+    used wherever a run does not set its own.
     """
 
     name: str
@@ -46,6 +49,9 @@ class ModelSpec:
     default_depth: int
     description: str
     source: str = ""
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    warmup_share: float = 0.25
 
     @property
     def bounded(self) -> bool:
