@@ -64,15 +64,16 @@ def exact_channels() -> Iterator[None]:
     def exact(base: float, width: float) -> int:
         return max(1, round(base * width))
 
+    rounded = registry.scale_channels
     modules = [m for name, m in sys.modules.items() if name.startswith("mlscale.models.")
-               and getattr(m, "scale_channels", None) is registry.scale_channels]
+               and m is not registry and getattr(m, "scale_channels", None) is rounded]
     for module in modules:
         module.scale_channels = exact  # type: ignore[attr-defined]
     try:
         yield
     finally:
         for module in modules:
-            module.scale_channels = registry.scale_channels  # type: ignore[attr-defined]
+            module.scale_channels = rounded  # type: ignore[attr-defined]
 
 
 def step_seconds(model: torch.nn.Module, repeats: int) -> float:
