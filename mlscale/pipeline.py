@@ -7,7 +7,7 @@ keys, wrong types and impossible ranges are one-line errors naming the key.
 
 >>> pipeline = load_pipeline("pipelines/quickstart.yaml")   # doctest: +SKIP
 >>> pipeline.budget_flops                                   # doctest: +SKIP
-4e+13
+1e+13
 """
 
 from __future__ import annotations
