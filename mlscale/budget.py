@@ -6,7 +6,9 @@ the joint law predicts the test loss at (N, D'), where D' discounts repeated epo
 the dataset's unique samples. The configuration with the lowest predicted loss wins;
 its accuracy comes from the error-rate law, its latency from the family's latency model.
 Intervals are 95% prediction intervals for one new run: the delta method on log loss
-over the fit's parameter covariance plus its run-to-run scatter (Student's t).
+over the fit's parameter covariance plus its run-to-run scatter (Student's t). Every
+family's best configuration is ranked, and the verdict (``mlscale._budget_verdict``)
+says by how much the winner wins and with what confidence.
 
 >>> advisor = Advisor.from_registry(load_settings(), "mnist")  # doctest: +SKIP
 >>> advice = advisor.advise(1e15)                               # doctest: +SKIP
