@@ -43,7 +43,8 @@ def run_row(family: str, seed: int, store: Path) -> dict[str, object]:
     config = result["config"]
     return {"family": family, "seed": seed, "params": result["params"],
             "width": result["width"], "depth": result["depth"], "lr": config["lr"],
-            "weight_decay": config["weight_decay"], "test_accuracy": result["test_accuracy"],
+            "weight_decay": config["weight_decay"], "precision": result["precision"],
+            "test_accuracy": result["test_accuracy"],
             "test_loss": result["test_loss"], "train_time_s": result["train_time_s"],
             "command": " ".join(argv[:-2])}
 
@@ -58,15 +59,16 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         store = Path(scratch) / "family_accuracy.db"
-        print("| family | params | lr | weight decay | seed | test accuracy | train s |")
-        print("| --- | --- | --- | --- | --- | --- | --- |", flush=True)
+        print("| family | params | lr | weight decay | precision | seed | test accuracy "
+              "| train s |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
         for family in families:
             for seed in args.seeds:
                 row = run_row(family, seed, store)
                 rows.append(row)
                 print(f"| {family} | {row['params']:,} | {row['lr']:g} | {row['weight_decay']:g} "
-                      f"| {seed} | {row['test_accuracy']:.2%} | {row['train_time_s']:.0f} |",
-                      flush=True)
+                      f"| {row['precision']} | {seed} | {row['test_accuracy']:.2%} "
+                      f"| {row['train_time_s']:.0f} |", flush=True)
     print(f"machine: {machine()}")
     print(f"every row >= {TARGET:.1%}: {all(r['test_accuracy'] >= TARGET for r in rows)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
