@@ -27,16 +27,19 @@ system-deps:
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# The main job: search under a FLOPs budget, a scaling grid, the registry, a scaling fit,
-# the budget answer for 1e15 FLOPs and the latency report (about 15 minutes on 2 cores).
+# The main job: the lineage searched under a FLOPs budget, every family's scaling grid,
+# the registry, a scaling fit, the budget answer for 1e15 FLOPs, the latency and scaling
+# reports (at most 20 minutes on 2 cores from a fresh clone; see README).
 demo: setup
 	$(BIN)/mlscale data prepare --dataset mnist
 	$(BIN)/mlscale search pipelines/quickstart.yaml
-	$(BIN)/mlscale search pipelines/lenet_scaling.yaml
+	$(BIN)/mlscale search pipelines/lineage_scaling.yaml
+	$(BIN)/mlscale search pipelines/efficientnet_scaling.yaml
 	$(BIN)/mlscale models
 	$(BIN)/mlscale fit --experiment mlscale-mnist --arch lenet5 --law nd
 	$(BIN)/mlscale budget --flops 1e15
 	$(BIN)/mlscale report latency --out reports/latency
+	$(BIN)/mlscale report scaling --out reports/scaling
 	@echo "Browse every run and registered model: $(BIN)/mlscale ui, then http://127.0.0.1:5000"
 
 # A throwaway PostgreSQL and MLflow server on 127.0.0.1 for many workers (data in servers/).

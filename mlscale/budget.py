@@ -6,7 +6,9 @@ the joint law predicts the test loss at (N, D'), where D' discounts repeated epo
 the dataset's unique samples. The configuration with the lowest predicted loss wins;
 its accuracy comes from the error-rate law, its latency from the family's latency model.
 Intervals are 95% prediction intervals for one new run: the delta method on log loss
-over the fit's parameter covariance plus its run-to-run scatter (Student's t).
+over the fit's parameter covariance plus its run-to-run scatter (Student's t). Every
+family's best configuration is ranked, and the verdict (``mlscale._budget_verdict``)
+says by how much the winner wins and with what confidence.
 
 >>> advisor = Advisor.from_registry(load_settings(), "mnist")  # doctest: +SKIP
 >>> advice = advisor.advise(1e15)                               # doctest: +SKIP
@@ -25,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mlscale._budget_model import FamilyModel, RegistryModel, load_registry_model
+from mlscale._budget_verdict import rank_families
 from mlscale._scaling_laws import effective_data
 from mlscale.errors import MlscaleError
 
@@ -91,6 +94,8 @@ class Advice:
     max_latency_ms: float | None = None
     target_accuracy: float | None = None
     registry: dict[str, Any] = field(default_factory=dict)
+    verdict: dict[str, Any] = field(default_factory=dict)  # see mlscale._budget_verdict
+    verdict_line: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """The recommendation's fields at the top level, then everything around it."""
@@ -102,6 +107,7 @@ class Advice:
                                  for alt in self.alternatives],
                 "warnings": self.warnings, "train_command": self.train_command,
                 "families": self.families, "fits": self.fits, "registry": self.registry,
+                "verdict": {**self.verdict, "sentence": self.verdict_line},
                 "flops_convention": "FLOPs = 2 x MACs (torch FlopCounterMode); training "
                                     "FLOPs = measured forward + backward per sample x samples"}
 
@@ -294,6 +300,10 @@ class Advisor:
         fm, row = found
         option = self._option(fm, row, budget_flops)
         alternatives = self._alternatives(chosen, ranked, option, budget_flops, max_latency_ms)
+        verdict = rank_families(
+            option, [alt["option"] for alt in alternatives
+                     if alt["kind"] == f"best_{alt['option'].family}"],
+            {f.family for f in chosen} - {f.family for f in ranked})
         return Advice(
             dataset=self.model.dataset, budget_flops=float(budget_flops), recommendation=option,
             nearest_registered_model=_nearest_run(fm, option),
@@ -312,7 +322,8 @@ class Advisor:
             families=[f.family for f in chosen], max_latency_ms=max_latency_ms,
             registry={"versions": self.model.versions, "fingerprint": self.model.fingerprint,
                       "from_cache": self.from_cache, "unique_samples": self.model.unique,
-                      "families_without_fit": self.model.skipped})
+                      "families_without_fit": self.model.skipped},
+            verdict=verdict.to_dict(), verdict_line=verdict.sentence())
 
     def least_flops(self, target_accuracy: float, *, families: Sequence[str] | None = None,
                     max_latency_ms: float | None = None) -> Advice:

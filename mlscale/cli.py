@@ -175,6 +175,7 @@ def zoo(arch: str | None, width: float | None, depth: int | None, dataset: str,
             "width_range": _open_range(spec.width_range),
             "depth_range": _open_range(spec.depth_range),
             "description": spec.description, "source": spec.source or None,
+            "lr": spec.lr, "weight_decay": spec.weight_decay, "warmup_share": spec.warmup_share,
         })
     if as_json:
         _print_json(rows[0] if arch else rows)
@@ -222,8 +223,8 @@ def _print_zoo_table(rows: list[dict[str, Any]]) -> None:
               help="Stratified training subset size (default: the whole train split).")
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help="Default: 256, less for small subsets (an epoch of at least 32 steps).")
-@click.option("--lr", type=PositiveNumber(), default=3e-3, show_default=True,
-              help="Peak learning rate.")
+@click.option("--lr", type=PositiveNumber(), default=None,
+              help="Peak learning rate (default: the family's, see `mlscale zoo --json`).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
@@ -238,7 +239,7 @@ def _print_zoo_table(rows: list[dict[str, Any]]) -> None:
 def train_command(arch: str, width: float | None, depth: int | None, epochs: int | None,
                   max_train_flops: float | None, train_size: int | None,
                   batch_size: int | None,
-                  lr: float, seed: int, device: str, precision: str, no_register: bool,
+                  lr: float | None, seed: int, device: str, precision: str, no_register: bool,
                   latency_seconds: float, dataset: str, root: str | None,
                   tracking_uri: str | None, as_json: bool) -> None:
     """Train one model, export it to ONNX, time it, log it to MLflow and register it."""
@@ -596,6 +597,12 @@ def _print_advice(advice: Any) -> None:
                f"{near['params']:,.0f} params, {near['train_flops']:.3g} FLOPs, "
                f"test accuracy {near['test_accuracy']:.2%}, loss {near['test_loss']:.4f})")
     click.echo(f"  train it: {advice.train_command}")
+    ranking = advice.verdict.get("ranking", [])
+    if len(ranking) > 1:
+        click.echo("Ranking (predicted test loss, accuracy): " + "; ".join(
+            f"{i}. {r['family']} {r['predicted_test_loss']:.4f}, {r['predicted_accuracy']:.2%}"
+            + ("" if r["ranked"] else " (weak fit)") for i, r in enumerate(ranking, 1)))
+        click.echo(f"Verdict: {advice.verdict_line}")
     if advice.alternatives:
         click.echo("Alternatives:")
         for alt in advice.alternatives:

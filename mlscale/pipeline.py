@@ -1,13 +1,13 @@
 """Declarative search definitions: ``pipelines/*.yaml`` loaded into validated dataclasses.
 
 A pipeline names a dataset, the model families, a search space (one range or list of
-values per knob, with per-family overrides for ``width`` and ``depth``), a total budget
+values per knob, with per-family overrides for ``width``, ``depth`` and ``lr``), a total budget
 in training FLOPs, a per-trial cap, the sampler, the pruner and the objectives. Unknown
 keys, wrong types and impossible ranges are one-line errors naming the key.
 
 >>> pipeline = load_pipeline("pipelines/quickstart.yaml")   # doctest: +SKIP
 >>> pipeline.budget_flops                                   # doctest: +SKIP
-4e+13
+1e+13
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ KNOBS: dict[str, tuple[bool, float]] = {
     "width": (False, 0.0), "depth": (True, 0), "train_size": (True, 1), "epochs": (True, 1),
     "train_flops": (False, 1.0), "lr": (False, 0.0), "batch_size": (True, 1),
 }
-FAMILY_KNOBS = ("width", "depth")
+FAMILY_KNOBS = ("width", "depth", "lr")
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class Pipeline:
     dataset: str
     families: tuple[str, ...]
     space: Mapping[str, Range]  # knob -> range, shared by every family
-    family_space: Mapping[str, Mapping[str, Range]]  # family -> width/depth overrides
+    family_space: Mapping[str, Mapping[str, Range]]  # family -> width/depth/lr overrides
     budget_flops: float
     trial_flops_cap: float | None = None
     sampler: str = "tpe"
@@ -244,13 +244,12 @@ def parse_pipeline(raw: Any, source: str = "<pipeline>") -> Pipeline:
     space = _parse_space("search_space", raw["search_space"], tuple(KNOBS))
     family_space = {family: _parse_space(f"families.{family}", spec, FAMILY_KNOBS)
                      for family, spec in families_raw.items()}
-    for knob in ("train_size", "lr"):
-        if knob not in space:
-            raise MlscaleError(f"search_space: missing {knob}")
+    if "train_size" not in space:
+        raise MlscaleError("search_space: missing train_size")
     if ("epochs" in space) == ("train_flops" in space):
         raise MlscaleError("search_space: give exactly one of epochs and train_flops")
     for family in families_raw:
-        for knob in FAMILY_KNOBS:
+        for knob in ("width", "depth"):  # no lr range: the family's default lr
             if knob not in space and knob not in family_space[family]:
                 raise MlscaleError(f"families.{family}: no {knob} range (set search_space."
                                    f"{knob} or families.{family}.{knob})")

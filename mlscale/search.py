@@ -342,7 +342,7 @@ class _Objective:
             dataset=self.pipeline.dataset, train_size=params["train_size"],
             val_size=self.pipeline.val_size, epochs=params.get("epochs"),
             max_train_flops=params.get("train_flops"), batch_size=params.get("batch_size"),
-            lr=params["lr"], seed=self.pipeline.seed, evaluations=self.pipeline.evaluations)
+            lr=params.get("lr"), seed=self.pipeline.seed, evaluations=self.pipeline.evaluations)
         single_objective = len(self.pipeline.objectives) == 1
         run_ids: list[str] = []
         epochs_done: list[EpochMetrics] = []

@@ -396,6 +396,7 @@ def train_and_register(
 
     config.validate()
     check_finite_positive(latency_seconds, "latency seconds")  # before, not after, training
+    config = config.with_family_defaults()
     spec = model_spec(config.arch)
     name = run_name(config.arch, config.width if config.width is not None else spec.default_width,
                     config.depth if config.depth is not None else spec.default_depth)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from mlscale.errors import MlscaleError
@@ -45,8 +45,8 @@ class TrainConfig:
     epochs: int | None = None  # exactly one of epochs / max_train_flops; neither: 3 epochs
     max_train_flops: float | None = None
     batch_size: int | None = None  # None: 256, less for small subsets (see auto_batch_size)
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
+    lr: float | None = None  # None: the family's default (ModelSpec.lr)
+    weight_decay: float | None = None  # None: the family's default (ModelSpec.weight_decay)
     seed: int = 0
     device: str = "cpu"
     precision: str = "auto"  # fp32, bf16 (autocast; weights stay fp32) or auto: bf16 where native
@@ -61,6 +61,16 @@ class TrainConfig:
         if unknown:
             raise MlscaleError(f"unknown training option(s): {', '.join(unknown)}")
         return cls(**values)
+
+    def with_family_defaults(self) -> TrainConfig:
+        """This config with the family's learning rate and weight decay where it sets none
+        (what a run records and trains with)."""
+        from mlscale.models import model_spec
+
+        spec = model_spec(self.arch)
+        return replace(self, lr=spec.lr if self.lr is None else self.lr,
+                       weight_decay=spec.weight_decay if self.weight_decay is None
+                       else self.weight_decay)
 
     def validate(self) -> None:
         """Raise MlscaleError on the first impossible value."""
@@ -82,8 +92,12 @@ class TrainConfig:
             raise MlscaleError(f"evaluations must be >= 1, got {self.evaluations}")
         if self.batch_size is not None and self.batch_size < 1:
             raise MlscaleError(f"batch size must be >= 1, got {self.batch_size}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise MlscaleError(f"learning rate must be positive, got {self.lr}")
+        if self.weight_decay is not None and not (
+            math.isfinite(self.weight_decay) and self.weight_decay >= 0
+        ):
+            raise MlscaleError(f"weight decay must be >= 0, got {self.weight_decay}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise MlscaleError(f"device must be cpu or cuda, got '{self.device}'")
         if self.precision not in PRECISIONS:
@@ -368,6 +382,7 @@ def train(
     started = time.perf_counter()
     _keep_freed_memory()
     spec = model_spec(config.arch)
+    config = config.with_family_defaults()
     width = config.width if config.width is not None else spec.default_width
     depth = config.depth if config.depth is not None else spec.default_depth
     device = _resolve_device(config.device)
@@ -399,9 +414,11 @@ def train(
     full_passes, remainder = divmod(total_samples, len(train_set))
     total_steps = (full_passes * math.ceil(len(train_set) / batch_size)
                    + math.ceil(remainder / batch_size))
+    assert config.lr is not None and config.weight_decay is not None  # resolved above
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay, fused=True)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _one_cycle(total_steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                 _one_cycle(total_steps, spec.warmup_share))
     generator = torch.Generator().manual_seed(config.seed)
 
     history: list[EpochMetrics] = []

@@ -45,6 +45,8 @@ def test_zoo_json_lists_every_family_with_its_costs() -> None:
         assert {"arch", "width", "depth", "params", "flops_per_sample",
                 "train_flops_per_sample"} <= row.keys()
         assert row["train_flops_per_sample"] > row["flops_per_sample"] > 0
+        assert row["lr"] == (1e-2 if row["arch"] == "lenet5" else 3e-3)  # the family's own
+        assert row["weight_decay"] == 5e-4 and row["warmup_share"] == 0.25
 
 
 def test_zoo_measures_one_model() -> None:

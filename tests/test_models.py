@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 
 import mlscale.models as models
 from mlscale.errors import MlscaleError
+from mlscale.models._registry import scale_channels
 from mlscale.models.efficientnet import MBConv
 from mlscale.models.lenet import LeNet
 
@@ -94,9 +96,29 @@ def test_efficientnet_depth_is_the_compound_coefficient() -> None:
         stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
         return sum(isinstance(m, MBConv) for m in model.modules()), stem.out_channels
 
-    # repeats (1, 2, 2, 2) -> ceil(r * 1.2**2) = (2, 3, 3, 3); stem 16 -> round(16 * 1.1**2)
+    # repeats (1, 2, 2, 2) -> ceil(r * 1.2**2) = (2, 3, 3, 3); stem 16 * 1.1**2 = 19.4 ->
+    # 24, the nearest multiple of 8 not 10% below it (torchvision's _make_divisible)
     assert blocks_and_stem(0) == (7, 16)
-    assert blocks_and_stem(2) == (11, 19)
+    assert blocks_and_stem(2) == (11, 24)
+
+
+@pytest.mark.parametrize("base", [4, 6, 16, 24, 84, 96, 120, 320])
+def test_channel_counts_are_round_monotone_and_exact_at_width_1(base: int) -> None:
+    widths = [0.1 * 1.05**i for i in range(90)]  # 0.1 to about 8
+    counts = [scale_channels(base, w) for w in widths]
+    assert scale_channels(base, 1.0) == base
+    assert counts == sorted(counts)
+    for width, count in zip(widths, counts, strict=True):
+        exact = base * width
+        assert count >= 0.9 * exact or count == 1
+        if exact >= 16:  # large counts are multiples of 8, or of what divides the base
+            assert count % math.gcd(8, base) == 0
+
+
+def test_non_round_widths_get_round_channels() -> None:
+    model = models.get_model("vgg_mini", width=0.272)  # exactly 8.7 / 17.4 / 34.8
+    convs = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert sorted(set(convs)) == [8, 16, 32]
 
 
 def test_registering_a_name_twice_is_an_error() -> None:

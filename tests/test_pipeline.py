@@ -36,6 +36,35 @@ def test_a_valid_pipeline_parses_with_defaults() -> None:
     assert depth is not None and depth.values == (1,)
 
 
+def test_a_family_may_have_its_own_lr_range_or_none() -> None:
+    raw = _valid() | {"families": {"lenet5": {"lr": {"low": 3e-3, "high": 3e-2}},
+                                   "resnet_mini": None}}
+    pipeline = parse_pipeline(raw)
+    assert pipeline.knob("lenet5", "lr").bounds == (3e-3, 3e-2)  # type: ignore[union-attr]
+    assert pipeline.knob("resnet_mini", "lr").bounds == (1e-3, 1e-2)  # type: ignore[union-attr]
+    del raw["search_space"]["lr"]  # no range at all: each family trains at its default LR
+    assert parse_pipeline(raw).knob("resnet_mini", "lr") is None
+
+
+def test_the_main_job_grids_span_10x_in_params_and_data() -> None:
+    from mlscale.measure import count_params
+    from mlscale.models import get_model
+
+    covered = set()
+    for name in ("lineage_scaling", "efficientnet_scaling"):
+        pipeline = load_pipeline(Path(PIPELINES[0]).parent / f"{name}.yaml")
+        assert pipeline.sampler == "grid"
+        sizes = pipeline.space["train_size"].values or ()
+        assert len(sizes) >= 3 and max(sizes) >= 10 * min(sizes)
+        widths = pipeline.space["width"].values or ()
+        depth = int((pipeline.space["depth"].values or (0,))[0])
+        for family in pipeline.families:
+            params = [count_params(get_model(family, width=w, depth=depth)) for w in widths]
+            assert len(params) >= 3 and max(params) >= 10 * min(params), family
+            covered.add(family)
+    assert {"lenet5", "alexnet_mini", "resnet_mini"} <= covered and len(covered) == 6
+
+
 def _with(path: str, value: Any) -> dict[str, Any]:
     raw = _valid()
     *parents, last = path.split(".")
@@ -69,7 +98,8 @@ _DELETE = object()
         ("search_space.train_flops", {"low": 1e9, "high": 1e10},
          "exactly one of epochs and train_flops"),
         ("families", ["lenet5", "transformer"], "unknown architecture 'transformer'"),
-        ("families", {"lenet5": {"lr": 1}}, "families.lenet5: unknown key(s) lr"),
+        ("families", {"lenet5": {"train_size": 1}}, "families.lenet5: unknown key(s) "
+         "train_size"),
         ("dataset", "imagenet", "dataset: unknown dataset 'imagenet'"),
         ("sampler", "bayes", "sampler: 'bayes' is not one of"),
         ("pruner", "asha", "pruner: 'asha' is not one of"),

@@ -84,6 +84,8 @@ def test_every_family_trains_at_its_smallest_width(mnist: Splits, arch: str) -> 
         ({"max_train_flops": 1e9}, "either epochs or max_train_flops"),
         ({"epochs": None, "max_train_flops": 10.0}, "buys less than one sample"),
         ({"batch_size": 0}, "batch size must be >= 1"),
+        ({"lr": 0.0}, "learning rate must be positive"),
+        ({"weight_decay": -1e-4}, "weight decay must be >= 0"),
         ({"dataset": "imagenet"}, "unknown dataset 'imagenet'"),
     ],
 )
@@ -92,6 +94,19 @@ def test_bad_settings_are_one_line_errors(mnist: Splits, overrides: dict[str, ob
     with pytest.raises(MlscaleError, match=message) as error:
         train(_config(**overrides), data=None if "dataset" in overrides else mnist)
     assert "\n" not in str(error.value)
+
+
+def test_the_family_training_defaults_apply_unless_the_run_sets_its_own(mnist: Splits) -> None:
+    from mlscale.models import model_spec
+
+    spec = model_spec("lenet5")
+    assert spec.lr == 1e-2 and model_spec("vgg_mini").lr == 3e-3
+    default = train(_config(train_size=300), data=mnist)
+    assert (default.config.lr, default.config.weight_decay) == (spec.lr, spec.weight_decay)
+    same = train(_config(train_size=300, lr=spec.lr), data=mnist)
+    other = train(_config(train_size=300, lr=3e-3), data=mnist)
+    assert default.test_loss == same.test_loss  # trained with it, not only recorded
+    assert other.test_loss != default.test_loss and other.config.lr == 3e-3
 
 
 def test_unknown_config_keys_are_rejected() -> None:

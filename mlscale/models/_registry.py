@@ -35,7 +35,10 @@ class ModelSpec:
 
     ``builder`` takes the keyword arguments ``width``, ``depth``, ``in_channels``,
     ``num_classes`` and ``image_size``; both ranges are inclusive. ``source`` is the
-    ``module:builder`` of a user family (empty for the built-in ones).
+    ``module:builder`` of a user family (empty for the built-in ones). ``lr``,
+    ``weight_decay`` and ``warmup_share`` are the family's training defaults (AdamW's peak
+    learning rate and decoupled weight decay, the one-cycle schedule's warm-up share),
+    used wherever a run does not set its own.
     """
 
     name: str
@@ -46,6 +49,9 @@ class ModelSpec:
     default_depth: int
     description: str
     source: str = ""
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    warmup_share: float = 0.25
 
     @property
     def bounded(self) -> bool:
@@ -155,5 +161,20 @@ def run_name(name: str, width: float, depth: int) -> str:
 
 
 def scale_channels(base: float, width: float) -> int:
-    """``base`` channels times the width multiplier, rounded, never below one."""
-    return max(1, round(base * width))
+    """``base`` channels times the width multiplier, rounded to a round count.
+
+    Odd channel counts train slower per FLOP on CPU than round ones (benchmarks/
+    zoo_throughput.py), so counts follow torchvision's divisibility rule (its
+    ``_make_divisible``: the nearest multiple of the divisor, never 10% below the exact
+    count). The divisor is 8, halved while it is over half the count (small counts keep
+    their size) or does not divide ``base`` (each family's own design at width 1 stays
+    exact: LeNet-5 keeps its 6 and 84). Never below one.
+    """
+    from torchvision.models._utils import _make_divisible
+
+    exact = base * width
+    divides_base = float(base).is_integer()
+    divisor = 8
+    while divisor > 1 and (divisor > exact / 2 or (divides_base and int(base) % divisor)):
+        divisor //= 2
+    return max(1, _make_divisible(exact, divisor))

@@ -1,0 +1,156 @@
+"""Training GFLOP/s of every family at widths across its search range, fp32.
+
+One training step as ``mlscale.train`` takes it (fp32, batch 256, channels_last where
+the trainer uses it, fused AdamW), timed as the best of a few steps after warm-up, for
+each family at round and non-round widths of its search range (``pipelines/
+zoo_budget.yaml``'s). Each width is built twice in the same run: with the zoo's channel
+rule (``scale_channels``: counts rounded to the divisibility rule) and, as the baseline,
+with the exact ``round(base x width)`` rule it replaced. GFLOP/s = measured training FLOPs
+(FlopCounterMode, 2 x MACs) per step / step time, against the machine's fp32 GEMM peak.
+
+    OMP_NUM_THREADS=2 python benchmarks/zoo_throughput.py
+    python benchmarks/zoo_throughput.py --families vgg_mini --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from flops_utilisation import gemm_peaks
+
+import mlscale.models._registry as registry
+from mlscale.measure import measure_model
+from mlscale.models import get_model
+from mlscale.train import _channels_last_is_safe
+
+from _common import machine
+
+BATCH = 256
+# Per family: widths spanning its zoo_budget.yaml range, round and non-round channel counts.
+WIDTHS = {
+    "lenet5": (0.5, 1.0, 2.7, 5.16),
+    "alexnet_mini": (0.25, 0.272, 0.53, 1.0),
+    "vgg_mini": (0.25, 0.272, 0.53, 1.0),
+    "inception_mini": (0.25, 0.272, 0.53, 1.0),
+    "resnet_mini": (0.25, 0.272, 0.53, 1.0),
+    "efficientnet_mini": (0.25, 0.272, 0.53, 1.0),
+}
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_features() -> str:
+    """The CPU flags that decide the kernels, and what torch makes of them."""
+    flags: set[str] = set()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as handle:
+        line = next((line for line in handle if line.startswith("flags")), "")
+        flags = set(line.split(":", 1)[-1].split())
+    present = [flag for flag in CPU_FLAGS if flag in flags] or ["(no /proc/cpuinfo flags)"]
+    return (f"CPU flags: {' '.join(present)}; torch CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}, oneDNN "
+            f"{torch.backends.mkldnn.is_available()}, native bf16 "
+            f"{bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}")
+
+
+@contextlib.contextmanager
+def exact_channels() -> Iterator[None]:
+    """Build with the plain ``round(base x width)`` rule (the baseline) inside the block."""
+    import sys
+
+    def exact(base: float, width: float) -> int:
+        return max(1, round(base * width))
+
+    rounded = registry.scale_channels
+    modules = [m for name, m in sys.modules.items() if name.startswith("mlscale.models.")
+               and m is not registry and getattr(m, "scale_channels", None) is rounded]
+    for module in modules:
+        module.scale_channels = exact  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.scale_channels = rounded  # type: ignore[attr-defined]
+
+
+def step_seconds(model: torch.nn.Module, repeats: int) -> float:
+    """Best time of one fp32 training step at batch 256, as the trainer takes it."""
+    channels_last = _channels_last_is_safe(model)
+    x = torch.randn(BATCH, 1, 28, 28)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (BATCH,))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    model.train()
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def conv_channels(model: torch.nn.Module) -> str:
+    """The distinct conv output channel counts, in order (what the kernels see)."""
+    seen: list[int] = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d) and module.out_channels not in seen:
+            seen.append(module.out_channels)
+    return "/".join(map(str, seen[:6])) + ("/..." if len(seen) > 6 else "")
+
+
+def measure(family: str, width: float, repeats: int) -> tuple[str, int, float, float]:
+    """(channels, params, train FLOPs per sample, GFLOP/s) at ``width``."""
+    torch.manual_seed(0)
+    model = get_model(family, width=width)
+    cost = measure_model(model, (1, 28, 28))
+    seconds = step_seconds(model, repeats)
+    return (conv_channels(model), cost.params, cost.train_flops_per_sample,
+            cost.train_flops_per_sample * BATCH / seconds / 1e9)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--families", nargs="+", default=list(WIDTHS))
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    peak = max(gemm_peaks(torch.float32).values()) / 1e9
+    print(f"machine: {machine()}")
+    print(cpu_features())
+    print(f"fp32 peak (2048^3 GEMM, best of torch.mm and a oneDNN 1x1 conv): {peak:.0f} GFLOP/s")
+    print("| family | width | rule | channels | params | train MFLOPs/sample | GFLOP/s "
+          "| of family best | of peak |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
+    for family in args.families:
+        rows = []
+        for width in WIDTHS[family]:
+            with exact_channels():
+                rows.append((width, "exact", *measure(family, width, args.repeats)))
+            rows.append((width, "divisible", *measure(family, width, args.repeats)))
+        for rule in ("exact", "divisible"):
+            best = max(row[5] for row in rows if row[1] == rule)
+            for width, name, channels, params, flops, rate in rows:
+                if name == rule:
+                    print(f"| {family} | {width:g} | {rule} | {channels} | {params:,} | "
+                          f"{flops / 1e6:.1f} | {rate:.0f} | {rate / best:.0%} | "
+                          f"{rate / peak:.0%} |", flush=True)
+            worst = min(row[5] for row in rows if row[1] == rule)
+            print(f"| {family} | | {rule} | best / worst GFLOP/s | | | {best / worst:.2f}x "
+                  f"| | |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
