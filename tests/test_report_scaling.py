@@ -150,6 +150,9 @@ def test_an_experiment_gives_its_finished_runs(lenet_grid_store: str, tmp_path: 
 
 def test_an_empty_registry_is_a_one_line_error(fresh_store: str, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from mlscale.tracking import client, load_settings
+
+    client(load_settings(fresh_store))  # an existing store with nothing in it
     code, _, err = run_main(capsys, "report", "scaling", "--out", str(tmp_path))
     assert code == 1 and err.startswith("Error: no runs with params") and err.count("\n") == 1
 
