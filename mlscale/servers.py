@@ -181,8 +181,10 @@ def _postmaster_pid(folder: Path) -> int | None:
 def _start_postgres(servers: Servers) -> None:
     folder = Path(servers.folder)
     home = folder / "postgres"
+    # Every worker and the MLflow server each hold a pool of connections: the default 100
+    # runs out with a few workers (seen as "too many clients already").
     options = (f"-p {servers.postgres_port} -c listen_addresses=127.0.0.1 "
-               "-c unix_socket_directories=''")
+               "-c unix_socket_directories='' -c max_connections=500")
     _run([*_as_postgres_user(), str(_postgres_bin() / "pg_ctl"), "-D", str(home / "data"),
           "-l", str(home / "postgres.log"), "-o", options, "-w", "-t", "60", "start"],
          f"PostgreSQL (log: {home / 'postgres.log'})")
