@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mlscale.errors import MlscaleError
+from mlscale.errors import MlscaleError, first_line
 
 if TYPE_CHECKING:
     import optuna
@@ -174,6 +174,4 @@ def masked_url(url: str) -> str:
 def store_error(url: str, error: BaseException) -> MlscaleError:
     """A one-line error naming the storage, without its password."""
     shown = masked_url(url)
-    text = str(error).strip()
-    first = text.splitlines()[0] if text else type(error).__name__
-    return MlscaleError(f"cannot open Optuna storage {shown}: {first[:300]}")
+    return MlscaleError(f"cannot open Optuna storage {shown}: {first_line(error, 300)}")

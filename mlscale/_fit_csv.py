@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mlscale.errors import MlscaleError
+from mlscale.errors import MlscaleError, first_line
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,8 +62,7 @@ def _read(path: str | Path) -> pd.DataFrame:
     try:
         raw = pd.read_csv(path, sep=_separator(path))
     except (OSError, ValueError, pd.errors.ParserError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise MlscaleError(f"cannot read CSV {path}: {first}") from None
+        raise MlscaleError(f"cannot read CSV {path}: {first_line(error)}") from None
     if raw.empty:
         raise MlscaleError(f"{path}: no data rows (only the header {list(raw.columns)})")
     return raw

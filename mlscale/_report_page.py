@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from mlscale.tracking import MlflowSettings
 
 __all__ = ["REPORT_EXPERIMENT", "STYLE", "cell", "html_page", "html_table", "img_tag",
-           "log_report", "md_table", "out_folder", "plot_style", "save_figure"]
+           "log_report", "out_folder", "plot_style", "save_figure"]
 
 REPORT_EXPERIMENT = "mlscale-reports"
 STYLE = """
@@ -82,13 +82,6 @@ def html_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
         + "".join(f"<td>{html.escape(value)}</td>" for value in row) + "</tr>"
         for row, c in zip(rows, classes or [""] * len(rows), strict=True))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(value.replace("|", "\\|") for value in row) + " |"
-              for row in rows]
-    return "\n".join(lines)
 
 
 def html_page(title: str, body: str) -> str:

@@ -8,7 +8,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlscale._report_page import cell, html_page, html_table, img_tag, md_table, save_figure
+from mlscale._report_page import cell, html_page, html_table, img_tag, save_figure
+from mlscale.markdown import markdown_table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -299,7 +300,7 @@ def write_pages(study: dict[str, Any], plots: list[Path], out: Path, intro: str
             markdown.append(f"![{stem}]({stem}.png)")
         if table is not None:
             body.append(html_table(*table))
-            markdown.append(md_table(*table))
+            markdown.append(markdown_table(*table))
     body.append("<h2>Per family</h2>")
     markdown.append("## Per family")
     for family, info in study["families"].items():
@@ -311,7 +312,7 @@ def write_pages(study: dict[str, Any], plots: list[Path], out: Path, intro: str
                     + f"<div class='pair'>{''.join(img_tag(p) for p in family_plots)}</div>"
                     + f"<details><summary>fit summaries</summary>{summaries}</details>"
                     + "</details>")
-        markdown += [f"### {family} ({info['runs']} runs)", md_table(*_fit_rows(info))]
+        markdown += [f"### {family} ({info['runs']} runs)", markdown_table(*_fit_rows(info))]
         markdown += [f"![{family} {p.stem}]({p.relative_to(out).as_posix()})"
                      for p in family_plots]
     html_path, md_path = out / HTML_NAME, out / MARKDOWN_NAME

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mlscale.errors import MlscaleError
+from mlscale.errors import MlscaleError, first_line
 
 if TYPE_CHECKING:
     import yaml
@@ -97,6 +97,6 @@ def load_yaml_file(path: str | Path, what: str) -> Any:
         return yaml.load(text, Loader=_unique_key_loader())  # a SafeLoader subclass
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        problem = getattr(error, "problem", None) or first_line(error)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise MlscaleError(f"{path}: not valid YAML: {problem}{where}") from None

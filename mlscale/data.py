@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlscale.errors import MlscaleError
+from mlscale.errors import MlscaleError, first_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -316,9 +316,8 @@ def _bad_source(path: Path, what: str, fix: str) -> Iterator[None]:
         yield
     except (OSError, EOFError, zlib.error, pickle.UnpicklingError, ValueError, TypeError,
             IndexError, AttributeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise MlscaleError(f"{path}: {what} is truncated, corrupt or not the expected data "
-                           f"({type(error).__name__}: {reason}); {fix}") from None
+                           f"({type(error).__name__}: {first_line(error)}); {fix}") from None
 
 
 def _from_torchvision_download(info: DatasetInfo, root: Path) -> bool:

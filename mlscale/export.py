@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mlscale.errors import MlscaleError
+from mlscale.errors import MlscaleError, first_line
 
 if TYPE_CHECKING:
     import onnx
@@ -59,8 +59,7 @@ def ort_session(model: bytes | str, threads: int = 1) -> onnxruntime.InferenceSe
     try:
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own Fail/InvalidGraph/... types
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
-        raise MlscaleError(f"ONNX Runtime cannot load the model: {first_line}") from None
+        raise MlscaleError(f"ONNX Runtime cannot load the model: {first_line(error)}") from None
 
 
 def export_onnx(model: nn.Module, batch: torch.Tensor) -> ExportedModel:

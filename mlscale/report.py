@@ -29,12 +29,12 @@ from mlscale._report_page import (
     html_table,
     img_tag,
     log_report,
-    md_table,
     out_folder,
     plot_style,
     save_figure,
 )
 from mlscale.errors import MlscaleError
+from mlscale.markdown import markdown_table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -218,7 +218,7 @@ def _write(summary: pd.DataFrame, reports: dict[str, LatencyReport], plots: list
         for uri, report in reports.items())
     markdown = "\n\n".join([
         "# Deployment latency: what each model costs to serve", intro, "## Models",
-        md_table(headers, rows), "## Accuracy against cost",
+        markdown_table(headers, rows), "## Accuracy against cost",
         "\n".join(f"![{p.stem}]({p.name})" for p in plots),
         "## Latency at every batch size", per_model, "## Measured on",
         "\n".join(f"- {s}" for s in setups)]) + "\n"

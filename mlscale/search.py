@@ -38,7 +38,7 @@ from mlscale._concurrency import (
 )
 from mlscale._search_failures import FAIL_REASON, repeated_failure
 from mlscale._signals import deferred_signals
-from mlscale.errors import MlscaleError
+from mlscale.errors import MlscaleError, first_line
 from mlscale.pipeline import KNOBS, Pipeline, Range
 
 if TYPE_CHECKING:
@@ -390,8 +390,7 @@ class _Objective:
                         cost: float) -> None:
         """Why the trial failed, and what it costs: nothing if its run never started,
         else its whole plan (it may have trained in full before failing)."""
-        text = str(error).strip()
-        reason = text.splitlines()[0][:500] if text else type(error).__name__
+        reason = first_line(error, 500)
         if isinstance(error, KeyboardInterrupt):
             reason = f"interrupted ({getattr(error, 'signal_name', 'SIGINT')})"
         trial.set_user_attr(FAIL_REASON, reason)
@@ -639,7 +638,7 @@ def _wait_for_tracking(settings: MlflowSettings) -> None:
         except Exception as error:  # MlscaleError, or the client's own connection error
             if time.monotonic() > deadline:
                 raise MlscaleError(f"MLflow store {settings.tracking_uri} did not answer for "
-                                   f"{STORE_WAIT_S:g} s: {str(error).splitlines()[0][:200]}"
+                                   f"{STORE_WAIT_S:g} s: {first_line(error, 200)}"
                                    ) from None
             time.sleep(2)
 

@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlscale.errors import MlscaleError
+from mlscale.errors import MlscaleError, first_line
+from mlscale.markdown import markdown_table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -172,10 +173,8 @@ def mlflow_errors(settings: MlflowSettings) -> Iterator[None]:
     except MlscaleError:
         raise
     except (MlflowException, OSError, ValueError) as error:
-        text = str(error).strip()
-        first = text.splitlines()[0] if text else type(error).__name__
         raise MlscaleError(
-            f"MLflow store {settings.tracking_uri} failed: {first[:300]}"
+            f"MLflow store {settings.tracking_uri} failed: {first_line(error, 300)}"
         ) from None
 
 
@@ -315,11 +314,9 @@ def cost_card(result: TrainResult, latency: LatencyReport) -> dict[str, float | 
 def latency_markdown(report: LatencyReport) -> str:
     """The latency table as Markdown, with the set-up it was measured on."""
     headers, rows = report.table()
-    lines = [f"ONNX Runtime CPU, {report.threads} thread(s), {report.cpu}; "
-             + ", ".join(f"{k} {v}" for k, v in report.versions.items()), "",
-             "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    setup = (f"ONNX Runtime CPU, {report.threads} thread(s), {report.cpu}; "
+             + ", ".join(f"{k} {v}" for k, v in report.versions.items()))
+    return f"{setup}\n\n{markdown_table(headers, rows)}\n"
 
 
 def _register(mlflow_client: MlflowClient, name: str, model_uri: str, model_id: str | None,
@@ -459,7 +456,7 @@ def train_and_register(
         mlflow.log_metrics({f"seconds_{stage}": value for stage, value in clock.laps.items()})
         mlflow.end_run("FINISHED")
     except BaseException as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         with contextlib.suppress(Exception):
             mlflow_client.set_tag(run_id, FAILURE_TAG, reason[:5000])
         # Stopped by a signal or Ctrl-C: KILLED, as MLflow names a run ended from outside.

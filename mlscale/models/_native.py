@@ -18,6 +18,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from mlscale.errors import first_line
+
 EXTENSION = "mlscale_cpu_kernels"
 SOURCES = [Path(__file__).with_name("csrc") / "max_pool2x2.cpp"]
 CFLAGS = ("-O3", "-fopenmp")
@@ -51,8 +53,8 @@ def native_kernels() -> bool:
         else:
             torch.ops.load_library(library)
     except Exception as error:  # no compiler or ninja, or a failed build: torch's kernels
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        print(f"mlscale: CPU kernels unavailable, using torch's ({first_line})", file=sys.stderr)
+        print(f"mlscale: CPU kernels unavailable, using torch's ({first_line(error)})",
+              file=sys.stderr)
         return False
     return True
 

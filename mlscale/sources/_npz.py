@@ -6,7 +6,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlscale.errors import MlscaleError
+from mlscale.errors import MlscaleError, first_line
 from mlscale.sources._arrays import splits_from_arrays
 
 if TYPE_CHECKING:
@@ -37,8 +37,7 @@ def load_npz(name: str, path: Path) -> Splits:
                                    f"{', '.join(archive.files) or 'nothing'})")
             arrays = [archive[key] for key in KEYS]
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise MlscaleError(f"cannot read {path}: {reason}") from None
+        raise MlscaleError(f"cannot read {path}: {first_line(error)}") from None
     return splits_from_arrays(name, str(path), *arrays)
 
 

@@ -6,7 +6,7 @@ import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlscale.errors import MlscaleError
+from mlscale.errors import MlscaleError, first_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,9 +41,8 @@ def _open_split(cls: Any, name: str, root: Path, split: str, download: bool) -> 
     except (RuntimeError, OSError, ValueError) as error:
         hint = "" if download else (f"; fetch them with `mlscale data prepare --dataset "
                                     f"torchvision:{name} --root {root} --download`")
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise MlscaleError(f"torchvision's {name} found no usable files under {root} "
-                           f"({first}){hint}") from None
+                           f"({first_line(error)}){hint}") from None
 
 
 def _arrays(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
