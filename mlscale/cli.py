@@ -300,7 +300,8 @@ def train_command(arch: str, width: float | None, depth: int | None, epochs: int
                    "sqlite:///registry/optuna.db).")
 @click.option("--study", "study_name", default=None, help="Study name (default: pipeline name).")
 @click.option("--heartbeat", type=click.IntRange(1, 3600), default=10, show_default=True,
-              help="Seconds between worker heartbeats; a trial silent for twice this is failed.")
+              help="Seconds between worker heartbeats; a trial silent for twice this "
+                   "(at least 10 s) is failed.")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Worker processes on this machine, each with cores / N torch threads.")
 @tracking_option

@@ -20,6 +20,7 @@ import contextlib
 import math
 import os
 import socket
+import sys
 import time
 import warnings
 from collections import Counter
@@ -60,6 +61,14 @@ PARENT_RUN = "mlflow_parent_run_id"
 COST_PRUNE_LIMIT = 30  # consecutive unaffordable proposals that end a search
 FAILURE_LIMIT = 5  # consecutive failed trials (a store down, a broken model) that stop a worker
 STORE_WAIT_S = 120.0  # how long a worker waits for an MLflow store that stopped answering
+# A trial's heartbeat may lag well behind its interval on a loaded machine (three workers,
+# PostgreSQL and an MLflow server on two cores lagged past 2 s): never fail one sooner.
+STALE_AFTER_MIN_S = 10
+
+
+def stale_after_s(heartbeat_interval: int) -> int:
+    """Seconds without a heartbeat after which another worker fails a running trial."""
+    return max(2 * heartbeat_interval, STALE_AFTER_MIN_S)
 
 
 @dataclass(frozen=True)
@@ -119,7 +128,8 @@ def _storage(url: str, heartbeat_interval: int, on_stale: Callable[..., None]) -
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
                     url, heartbeat_interval=heartbeat_interval,
-                    grace_period=2 * heartbeat_interval, heartbeat_stale_trial_callback=on_stale)
+                    grace_period=stale_after_s(heartbeat_interval),
+                    heartbeat_stale_trial_callback=on_stale)
         except (IntegrityError, ProgrammingError) as error:
             if attempt == 2:
                 raise store_error(url, error) from None
@@ -147,18 +157,32 @@ def _suggest(trial: optuna.Trial, pipeline: Pipeline) -> dict[str, Any]:
     for knob in KNOBS:
         spec = pipeline.knob(family, knob)
         if spec is not None:
-            params[knob] = _suggest_range(trial, knob, spec)
+            params[knob] = _suggest_range(trial, _param_name(pipeline, family, knob), knob, spec)
     return params
 
 
-def _suggest_range(trial: optuna.Trial, knob: str, spec: Range) -> Any:
+def _param_name(pipeline: Pipeline, family: str, knob: str) -> str:
+    """Optuna's name for ``knob`` in a ``family`` trial: the knob itself where the family
+    searches the shared range, else ``knob.family``. Optuna keeps one distribution kind per
+    name (and a categorical's choices fixed), so a family's own range needs its own name;
+    TPE then also models each family's override apart."""
+    own = pipeline.family_space.get(family, {}).get(knob)
+    return knob if own is None or own == pipeline.space.get(knob) else f"{knob}.{family}"
+
+
+def _knob_values(trial_params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's Optuna parameters by knob (``lr.lenet5`` is the ``lr`` knob)."""
+    return {name.partition(".")[0]: value for name, value in trial_params.items()}
+
+
+def _suggest_range(trial: optuna.Trial, name: str, knob: str, spec: Range) -> Any:
     integer = KNOBS[knob][0]
     if spec.values is not None:
-        return trial.suggest_categorical(knob, list(spec.values))
+        return trial.suggest_categorical(name, list(spec.values))
     low, high = spec.bounds
     if integer:
-        return trial.suggest_int(knob, int(low), int(high), log=spec.log)
-    return trial.suggest_float(knob, low, high, log=spec.log)
+        return trial.suggest_int(name, int(low), int(high), log=spec.log)
+    return trial.suggest_float(name, low, high, log=spec.log)
 
 
 def _sampler(pipeline: Pipeline) -> Any:
@@ -417,7 +441,7 @@ class _Objective:
 
 def _trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     attrs = trial.user_attrs
-    return {"trial": trial.number, "config": dict(trial.params),
+    return {"trial": trial.number, "config": _knob_values(trial.params),
             "metrics": {k: attrs.get(k) for k in ("val_loss", "val_accuracy", "test_loss",
                                                   "test_accuracy", "params", "train_flops",
                                                   "samples_seen", "latency_p90_ms")},
@@ -562,7 +586,7 @@ def run_search(
     status = "FAILED"
     try:
         while _should_continue(study, pipeline, objective, min_cost):
-            study.optimize(objective, n_trials=1, catch=(MlscaleError,))
+            _optimize_one(study, objective, heartbeat_interval)
             _after_trial(study, objective)
             if on_progress is not None:
                 on_progress(_progress(study, pipeline))
@@ -583,6 +607,24 @@ def run_search(
         else:  # already failing: what the store says now must not hide why
             with contextlib.suppress(Exception):
                 _close_parent(settings, study, pipeline, storage_url, parent_run_id, status)
+
+
+def _optimize_one(study: optuna.Study, objective: _Objective, heartbeat_interval: int) -> None:
+    """One trial. Where another worker failed it as stale while this one still ran it
+    (its heartbeat lagged past the grace period), Optuna refuses the result: say so and go
+    on. Its MLflow run and registered model stay; its planned cost stays counted."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        study.optimize(objective, n_trials=1, catch=(MlscaleError,))
+    except (ValueError, UpdateFinishedTrialError) as error:  # Optuna's two refusals
+        taken = objective.current_trial
+        if taken is None or not study.get_trials(deepcopy=False)[taken.number].state.is_finished():
+            raise
+        print(f"warning: trial {taken.number} was failed by another worker (no heartbeat for "
+              f"{stale_after_s(heartbeat_interval)} s) while this one ran it "
+              f"({first_line(error, 120)}); its MLflow run is kept and the search goes on",
+              file=sys.stderr)
 
 
 def _close_parent(settings: MlflowSettings, study: optuna.Study, pipeline: Pipeline,
@@ -691,7 +733,7 @@ def _progress(study: optuna.Study, pipeline: Pipeline) -> SearchProgress:
     if last is not None:
         attrs = last.user_attrs
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in last.params.items())
+                           for k, v in _knob_values(last.params).items())
         if last.state == TrialState.COMPLETE:
             message = (f"trial {last.number} ({params}): val loss {last.values[0]:.4f}, "
                        f"test acc {attrs.get('test_accuracy', 0):.2%}, "

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import yaml
 
 from mlscale.errors import MlscaleError
 from mlscale.pipeline import load_pipeline, parse_pipeline
+from mlscale.search import _sampler, _suggest
 
 PIPELINES = sorted(Path(__file__).resolve().parents[1].joinpath("pipelines").glob("*.yaml"))
 
@@ -25,6 +28,43 @@ def _valid() -> dict[str, Any]:
 def test_the_shipped_pipelines_load() -> None:
     names = {load_pipeline(path).name for path in PIPELINES}
     assert {"quickstart", "lenet_scaling", "zoo_budget"} <= names
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda path: path.stem)
+def test_the_shipped_pipelines_propose_forty_trials_under_their_own_sampler(path: Path
+                                                                           ) -> None:
+    """Per-family ranges (a family's own fixed depth, its own LR range) under one Optuna
+    study: each knob keeps one distribution per name, and the proposals stay in range."""
+    pipeline = load_pipeline(path)
+    study = optuna.create_study(directions=["minimize"] * len(pipeline.objectives))
+    study.sampler = _sampler(pipeline)
+    trials = 40
+    if pipeline.sampler == "grid":  # a grid stops the study once it has proposed each point
+        trials = min(trials, len(pipeline.families) * math.prod(
+            len(spec.values or ()) for spec in pipeline.space.values()) - 1)
+    for number in range(trials):
+        trial = study.ask()
+        params = _suggest(trial, pipeline)
+        for knob, value in params.items():
+            spec = pipeline.knob(params["family"], knob) if knob != "family" else None
+            if spec is not None and spec.values is None:
+                assert spec.bounds[0] <= value <= spec.bounds[1], (knob, value)
+        study.tell(trial, [float(number % 7)] * len(pipeline.objectives))
+    families = {t.params["family"] for t in study.trials}
+    assert len(families) >= min(3, len(pipeline.families))
+
+
+def test_a_family_with_its_own_fixed_knob_keeps_its_value() -> None:
+    raw = _valid() | {"families": {"lenet5": {"depth": 2}, "resnet_mini": {}}}
+    pipeline = parse_pipeline(raw)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        params = _suggest(trial, pipeline)
+        seen.add((params["family"], params["depth"]))
+        study.tell(trial, 1.0)
+    assert seen == {("lenet5", 2), ("resnet_mini", 1)}
 
 
 def test_a_valid_pipeline_parses_with_defaults() -> None:

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from mlscale.cli import cli
 from mlscale.data import Splits
 from mlscale.pipeline import parse_pipeline
-from mlscale.search import PLANNED, PRUNE_REASON, RUN_ID, SPENT, run_search
+from mlscale.search import PLANNED, PRUNE_REASON, RUN_ID, SPENT, run_search, stale_after_s
 from mlscale.tracking import load_settings
 
 LENET_TRAIN_FLOPS = 2_263_920  # per sample, at width 1
@@ -96,6 +96,34 @@ def test_trials_and_runs_point_to_each_other_under_the_parent_run(
         assert run.info.status == expected
 
 
+def test_a_trial_failed_by_another_worker_while_it_trains_does_not_stop_the_search(
+    fresh_store: str, tmp_path: Path, mnist: Splits, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a worker whose heartbeat lagged past the grace period meets: another worker
+    failed its running trial. Its result is refused, it says so, and it goes on."""
+    storage = _storage(tmp_path)
+    other_worker = optuna.storages.RDBStorage(storage)
+    taken: list[int] = []
+
+    def fail_it_from_outside(progress: object) -> None:
+        if taken:
+            return
+        study_id = other_worker.get_study_id_from_name("tiny")
+        running = [t for t in other_worker.get_all_trials(study_id)
+                   if t.state == TrialState.RUNNING]
+        if running:
+            taken.append(running[0].number)
+            other_worker.set_trial_state_values(running[0]._trial_id, TrialState.FAIL)
+
+    summary = run_search(parse_pipeline(_tiny(budget_flops=8e9)), load_settings(),
+                         storage=storage, data=mnist, on_training=fail_it_from_outside)
+    assert taken, "the search trained no trial"
+    trials = _trials(storage)
+    assert trials[taken[0]].state == TrialState.FAIL
+    assert summary.n_trials.get("COMPLETE", 0) >= 1
+    assert f"warning: trial {taken[0]} was failed by another worker" in capsys.readouterr().err
+
+
 def test_a_grid_pipeline_visits_each_point_once(fresh_store: str, tmp_path: Path,
                                                 mnist: Splits) -> None:
     grid = _tiny(sampler="grid", pruner="none", budget_flops=1e11, search_space={
@@ -152,7 +180,7 @@ def test_a_killed_search_resumes_with_every_finished_trial(fresh_store: str,
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
     before = {t.number: t for t in _trials(storage) if t.state == TrialState.COMPLETE}
-    time.sleep(2.5)  # past the grace period of a 1 s heartbeat
+    time.sleep(stale_after_s(1) + 0.5)  # past the grace period of a 1 s heartbeat
 
     resumed = subprocess.run(_search_command(pipeline, storage, "--json"), capture_output=True,
                              text=True, timeout=600)

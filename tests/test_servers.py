@@ -27,7 +27,15 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from mlscale import servers as servers_module
-from mlscale.search import FAIL_REASON, PARENT_RUN, RUN_ID, SPENT, WORKER, committed_flops
+from mlscale.search import (
+    FAIL_REASON,
+    PARENT_RUN,
+    RUN_ID,
+    SPENT,
+    WORKER,
+    committed_flops,
+    stale_after_s,
+)
 from mlscale.servers import Servers
 from mlscale.tracking import COST_CARD
 
@@ -217,7 +225,7 @@ def test_sigkill_one_worker_sigterm_another_and_a_restart_finishes(servers: Serv
     assert interrupted.user_attrs[FAIL_REASON].startswith("interrupted")
     client = MlflowClient(servers.tracking_uri, servers.tracking_uri)
     assert client.get_run(victim.user_attrs[RUN_ID]).info.status == "KILLED"
-    time.sleep(2.5)  # past the killed worker's heartbeat grace period
+    time.sleep(stale_after_s(1) + 0.5)  # past the killed worker's heartbeat grace period
     restarted = _worker(pipeline, servers, "kill")
     _, err = restarted.communicate(timeout=600)
     assert restarted.returncode == 0, err[-3000:]
