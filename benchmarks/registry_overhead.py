@@ -28,8 +28,9 @@ def main() -> None:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
         from mlscale.measure import count_params
         from mlscale.models import get_model, list_models
-        from mlscale.tracking import load_settings, train_and_register
+        from mlscale.registry import load_settings
         from mlscale.train import TrainConfig
+        from mlscale.workflow import train_and_register
 
         largest = max(list_models(), key=lambda name: count_params(get_model(name)))
         print(f"machine: {machine()}")

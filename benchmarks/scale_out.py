@@ -56,8 +56,9 @@ def _search(pipeline: Path, workers: int, storage: str, tracking: str, study: st
 
 def _registration_seconds(tracking: str, seeds: int) -> list[float]:
     """log + register seconds of a small LeNet-5 through ``tracking``."""
-    from mlscale.tracking import load_settings, train_and_register
+    from mlscale.registry import load_settings
     from mlscale.train import TrainConfig
+    from mlscale.workflow import train_and_register
 
     values = []
     for seed in range(seeds):

@@ -31,8 +31,8 @@ SPACE = {
 def best_val_loss(sampler: str, seed: int, budget: float) -> tuple[float, int]:
     from mlscale.data import load
     from mlscale.pipeline import parse_pipeline
+    from mlscale.registry import load_settings
     from mlscale.search import run_search
-    from mlscale.tracking import load_settings
 
     with tempfile.TemporaryDirectory() as folder:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder}/mlflow.db"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from mlscale.errors import MlscaleError
 
 if TYPE_CHECKING:
-    from mlscale.tracking import MlflowSettings
+    from mlscale.registry import MlflowSettings
 
 __all__ = ["REPORT_EXPERIMENT", "STYLE", "cell", "html_page", "html_table", "img_tag",
            "log_report", "out_folder", "plot_style", "save_figure"]
@@ -97,7 +97,7 @@ def log_report(settings: MlflowSettings, files: Sequence[Path], *, kind: str,
     named ``kind`` with dashes as underscores) and ``metrics``; returns its id."""
     import mlflow
 
-    from mlscale.tracking import client, experiment_id, mlflow_errors
+    from mlscale.registry import client, experiment_id, mlflow_errors
 
     client(settings)
     with mlflow_errors(settings), mlflow.start_run(

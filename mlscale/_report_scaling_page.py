@@ -92,7 +92,7 @@ def _frontier_plot(study: dict[str, Any], points: pd.DataFrame, out: Path) -> Pa
 def _efficiency_plot(study: dict[str, Any], points: pd.DataFrame, out: Path) -> Path:
     from matplotlib.figure import Figure
 
-    from mlscale._scaling_study import best_by
+    from mlscale.scaling import best_by
 
     colours = _colours(study)
     figure = Figure(figsize=(12, 4.6))

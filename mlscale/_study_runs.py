@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import optuna
 
-    from mlscale.tracking import MlflowSettings
+    from mlscale.registry import MlflowSettings
 
 __all__ = ["close_orphan_runs", "create_parent_run", "end_parent_if_last", "resume_parent_run"]
 
@@ -22,7 +22,7 @@ def create_parent_run(settings: MlflowSettings, exp_id: str, name: str, tags: di
     """A new RUNNING parent run for study ``name``, with the pipeline's figures as params."""
     from mlflow.entities import Param
 
-    from mlscale.tracking import client, mlflow_errors
+    from mlscale.registry import client, mlflow_errors
 
     mlflow_client = client(settings)
     with mlflow_errors(settings):
@@ -34,7 +34,7 @@ def create_parent_run(settings: MlflowSettings, exp_id: str, name: str, tags: di
 
 def resume_parent_run(settings: MlflowSettings, run_id: str) -> None:
     """Mark the parent run RUNNING again (a resumed or joined study)."""
-    from mlscale.tracking import client, mlflow_errors
+    from mlscale.registry import client, mlflow_errors
 
     mlflow_client = client(settings)
     with mlflow_errors(settings):
@@ -58,7 +58,7 @@ def others_running(study: optuna.Study) -> bool:
 def end_parent_if_last(settings: MlflowSettings, study: optuna.Study, run_id: str,
                        status: str) -> bool:
     """End the parent run with ``status`` unless other workers still train; True if ended."""
-    from mlscale.tracking import client
+    from mlscale.registry import client
 
     if others_running(study):
         return False
@@ -74,8 +74,8 @@ def close_orphan_runs(settings: MlflowSettings, study: optuna.Study, exp_id: str
     """
     from optuna.trial import TrialState
 
+    from mlscale.registry import FAILURE_TAG, all_pages, client
     from mlscale.search import FAIL_REASON
-    from mlscale.tracking import FAILURE_TAG, all_pages, client
 
     mlflow_client = client(settings)
     states = {t.number: t for t in study.get_trials(deepcopy=False)}

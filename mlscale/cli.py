@@ -17,7 +17,7 @@ from mlscale.checks import PositiveNumber
 from mlscale.errors import MlscaleError
 
 if TYPE_CHECKING:
-    from mlscale.tracking import MlflowSettings
+    from mlscale.registry import MlflowSettings
 
 DATASET_NAMES = ("mnist", "fashion-mnist")
 
@@ -163,8 +163,7 @@ def zoo(arch: str | None, width: float | None, depth: int | None, dataset: str,
     rows = []
     for name in [arch] if arch else list_models():
         spec = model_spec(name)
-        w = width if width is not None else spec.default_width
-        d = depth if depth is not None else spec.default_depth
+        w, d = spec.resolve(width, depth)
         model = get_model(name, width=w, depth=d, in_channels=info.input_shape[0],
                           num_classes=info.num_classes, image_size=info.input_shape[1])
         cost = measure_model(model, info.input_shape, info.num_classes)
@@ -244,8 +243,9 @@ def train_command(arch: str, width: float | None, depth: int | None, epochs: int
                   tracking_uri: str | None, as_json: bool) -> None:
     """Train one model, export it to ONNX, time it, log it to MLflow and register it."""
     from mlscale.models import model_spec
-    from mlscale.tracking import load_settings, train_and_register
+    from mlscale.registry import load_settings
     from mlscale.train import EpochMetrics, Progress, TrainConfig, precision_warning
+    from mlscale.workflow import train_and_register
 
     model_spec(arch)  # fail on an unknown name before loading any data
     config = TrainConfig(arch=arch, width=width, depth=depth, dataset=dataset,
@@ -315,8 +315,8 @@ def search(pipeline: str, budget_flops: float | None, storage: str | None,
     with a shared --storage) for N workers.
     """
     from mlscale.pipeline import load_pipeline
+    from mlscale.registry import load_settings
     from mlscale.search import SearchProgress, run_search
-    from mlscale.tracking import load_settings
     from mlscale.train import Progress
 
     spec = load_pipeline(pipeline)
@@ -466,8 +466,8 @@ def fit(experiment: str | None, csv_path: str | None, n_col: str | None, d_col: 
     """
     import tempfile
 
-    from mlscale.fits import fit_points, log_fit, points_from_csv, points_from_experiment
-    from mlscale.tracking import load_settings
+    from mlscale.registry import load_settings
+    from mlscale.scaling import fit_points, log_fit, points_from_csv, points_from_experiment
 
     if (experiment is None) == (csv_path is None):
         raise MlscaleError("give exactly one of --experiment and --csv")
@@ -530,7 +530,7 @@ def budget(flops: float | None, target_accuracy: float | None, dataset: str,
     """What to train for a FLOPs budget: family, dials, data, and the predicted test loss,
     accuracy and latency with 95% intervals, from scaling laws fitted to the registry."""
     from mlscale.budget import Advisor, check_positive, check_target
-    from mlscale.tracking import load_settings
+    from mlscale.registry import load_settings
 
     if (flops is None) == (target_accuracy is None):
         raise MlscaleError("give exactly one of --flops and --target-accuracy")
@@ -639,8 +639,8 @@ def report_latency(out_dir: str, models: tuple[str, ...], dataset: str | None, n
     """What each registered model costs to serve: latency percentiles at every batch size,
     throughput, torch vs ONNX Runtime, accuracy against latency and FLOPs with the Pareto
     front; as self-contained HTML and Markdown, logged to MLflow."""
+    from mlscale.registry import load_settings
     from mlscale.report import latency_report
-    from mlscale.tracking import load_settings
 
     _check_names(dataset, None)
     names = [name.strip() for spec in models for name in spec.split(",") if name.strip()]
@@ -675,8 +675,8 @@ def report_scaling(out_dir: str, experiment: str | None, families: str | None,
     """How each family scales: L(N), L(D), L(N, D) with bands and exponents, saturation and
     regimes, the compute frontier, LeNet-5's parameter efficiency, law selection by AIC/BIC;
     as self-contained HTML and Markdown, logged to MLflow."""
+    from mlscale.registry import load_settings
     from mlscale.report_scaling import print_summary, scaling_report
-    from mlscale.tracking import load_settings
 
     chosen = [name.strip() for name in families.split(",") if name.strip()] if families else None
     result = scaling_report(load_settings(tracking_uri, create=False), out_dir,
@@ -717,7 +717,7 @@ def latency(model: str, batch_sizes: str, threads: int | None, iterations: int |
             seconds: float | None, tracking_uri: str | None, as_json: bool) -> None:
     """Time MODEL (an .onnx file or models:/NAME/VERSION, models:/NAME@ALIAS) in ONNX Runtime."""
     from mlscale.latency import benchmark_onnx
-    from mlscale.tracking import latency_markdown, load_registered_onnx, load_settings
+    from mlscale.registry import load_registered_onnx, load_settings
 
     sizes = _parse_batch_sizes(batch_sizes)
     if iterations is None and seconds is None:
@@ -734,7 +734,7 @@ def latency(model: str, batch_sizes: str, threads: int | None, iterations: int |
     if as_json:
         _print_json({"model": model, **report.to_dict()})
         return
-    click.echo(latency_markdown(report), nl=False)
+    click.echo(report.markdown(), nl=False)
     if torch_model is None:
         click.echo("torch eager: not measured (a bare ONNX file carries no torch model)")
 
@@ -771,7 +771,7 @@ def _onnx_input_shape(onnx_model: bytes | str) -> tuple[int, ...]:
 def models(dataset: str | None, arch: str | None, as_csv: bool, tracking_uri: str | None,
            as_json: bool) -> None:
     """One row per registered model version with its cost card, best accuracy first."""
-    from mlscale.tracking import frame_to_json, load_settings, models_frame
+    from mlscale.registry import frame_to_json, load_settings, models_frame
 
     if as_csv and as_json:
         raise MlscaleError("choose one of --json and --csv")
@@ -824,7 +824,7 @@ def ui(port: int, tracking_uri: str | None) -> None:
     """Start the MLflow UI on 127.0.0.1 against the configured store."""
     import subprocess
 
-    from mlscale.tracking import load_settings
+    from mlscale.registry import load_settings
 
     settings = load_settings(tracking_uri, create=False)
     if settings.tracking_uri.startswith(("http://", "https://")):
@@ -846,7 +846,7 @@ def ui(port: int, tracking_uri: str | None) -> None:
 
 def _point_at_server_ui(settings: MlflowSettings) -> None:
     """An MLflow tracking server serves the UI itself: check that it answers, say where."""
-    from mlscale.tracking import client, mlflow_errors
+    from mlscale.registry import client, mlflow_errors
 
     with mlflow_errors(settings):
         client(settings).search_experiments(max_results=1)
@@ -858,7 +858,7 @@ def _check_ui_args(tracking_uri: str, port: int) -> None:
     """A malformed store URI or a port in use fails here, before the UI server starts."""
     import socket
 
-    from mlscale.tracking import check_uri_scheme
+    from mlscale.registry import check_uri_scheme
 
     check_uri_scheme(tracking_uri)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

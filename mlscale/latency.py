@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlscale.errors import MlscaleError
 from mlscale.export import INPUT_NAME, ort_session
+from mlscale.markdown import markdown_table
 
 if TYPE_CHECKING:
     import numpy as np
@@ -79,6 +80,24 @@ class LatencyReport:
     @property
     def largest_batch(self) -> LatencyStats:
         return max(self.onnx, key=lambda s: s.batch_size)
+
+    @property
+    def batch1(self) -> LatencyStats | None:
+        """Batch 1, what a single request waits for, if it was timed."""
+        return next((s for s in self.onnx if s.batch_size == 1), None)
+
+    def headline(self) -> str:
+        """One phrase: p90 at batch 1 and the best throughput, with the thread count."""
+        batch1, largest = self.batch1, self.largest_batch
+        speed = f"p90 {batch1.p90_ms:.3f} ms at batch 1, " if batch1 else ""
+        return (f"ONNX Runtime {speed}{largest.throughput:,.0f} samples/s at batch "
+                f"{largest.batch_size} on {self.threads} thread(s)")
+
+    def markdown(self) -> str:
+        """The latency table as Markdown, with the set-up it was measured on."""
+        setup = (f"ONNX Runtime CPU, {self.threads} thread(s), {self.cpu}; "
+                 + ", ".join(f"{k} {v}" for k, v in self.versions.items()))
+        return f"{setup}\n\n{markdown_table(*self.table())}\n"
 
     def table(self) -> tuple[list[str], list[list[str]]]:
         """Headers and formatted rows: ONNX Runtime at each batch size, then torch eager."""

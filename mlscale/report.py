@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from mlscale.latency import LatencyReport
-    from mlscale.tracking import MlflowSettings
+    from mlscale.registry import MlflowSettings
 
 __all__ = ["REPORT_EXPERIMENT", "ReportResult", "latency_report", "select_models"]
 
@@ -72,18 +72,17 @@ def select_models(frame: pd.DataFrame, models: Sequence[str] | None) -> pd.DataF
         return frame
     import pandas as pd
 
+    from mlscale.registry import ModelRef
+
     keep = pd.Series(False, index=frame.index)
     for spec in models:
-        target = spec.removeprefix("models:/")
-        if "@" in target:
-            name, alias = target.split("@", 1)
-            match = (frame["name"] == name) & frame["aliases"].str.split(",").apply(
-                lambda aliases, alias=alias: alias in aliases)
-        elif "/" in target:
-            name, version = target.split("/", 1)
-            match = (frame["name"] == name) & (frame["version"].astype(str) == version)
-        else:
-            match = frame["name"] == target
+        ref = ModelRef.parse(spec)
+        match = frame["name"] == ref.name
+        if ref.alias is not None:
+            match &= frame["aliases"].str.split(",").apply(
+                lambda aliases, alias=ref.alias: alias in aliases)
+        elif ref.version is not None:
+            match &= frame["version"].astype(str) == ref.version
         if not match.any():
             raise MlscaleError(f"no registered model version matches {spec!r}")
         keep |= match
@@ -185,8 +184,6 @@ def _setups(reports: dict[str, LatencyReport]) -> list[str]:
 
 def _write(summary: pd.DataFrame, reports: dict[str, LatencyReport], plots: list[Path],
            out_dir: Path, tracking_uri: str) -> tuple[Path, Path]:
-    from mlscale.tracking import latency_markdown
-
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     headers = [h for h, _, _ in SUMMARY_COLUMNS] + ["front"]
     rows = [[cell(row[col], fmt) for _, col, fmt in SUMMARY_COLUMNS]
@@ -214,7 +211,7 @@ def _write(summary: pd.DataFrame, reports: dict[str, LatencyReport], plots: list
     html_path = out_dir / HTML_NAME
     html_path.write_text(page, encoding="utf-8")
     per_model = "\n\n".join(
-        f"### {uri}\n\n" + latency_markdown(report)
+        f"### {uri}\n\n" + report.markdown()
         for uri, report in reports.items())
     markdown = "\n\n".join([
         "# Deployment latency: what each model costs to serve", intro, "## Models",
@@ -232,7 +229,7 @@ def latency_report(settings: MlflowSettings, out_dir: str | Path, *,
                    log: bool = True) -> ReportResult:
     """Write the report for the registered versions (all, or ``models``) into ``out_dir``
     and, with ``log``, record it as an MLflow run in the ``mlscale-reports`` experiment."""
-    from mlscale.tracking import client, models_frame
+    from mlscale.registry import client, models_frame
 
     out = out_folder(out_dir)
     frame = select_models(models_frame(settings, dataset=dataset), models)

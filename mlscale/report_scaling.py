@@ -5,7 +5,7 @@ One self-contained HTML page (plots embedded) and a Markdown twin (plots beside 
 over the registry's models of a dataset or the finished runs of an MLflow experiment:
 per family the laws L(N), L(D) and L(N, D) with 95% bands, exponents and compute-optimal
 allocation with intervals, goodness of fit and the extrapolation check
-(``mlscale.fits``); across families the exponents side by side, the saturation picture
+(``mlscale.scaling``); across families the exponents side by side, the saturation picture
 with three regimes located by a stated rule, the compute frontier, LeNet-5's accuracy at
 equal parameters and equal FLOPs against each other family, and per family the power law
 against a logarithmic law and a saturating exponential by AIC/BIC. Logged to MLflow.
@@ -29,7 +29,7 @@ from mlscale.errors import MlscaleError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlscale.tracking import MlflowSettings
+    from mlscale.registry import MlflowSettings
 
 __all__ = ["ScalingReportResult", "print_summary", "scaling_points", "scaling_report",
            "scaling_study"]
@@ -61,8 +61,8 @@ def scaling_points(settings: MlflowSettings, *, experiment: str | None = None,
     the registered models of ``dataset``, or the finished runs of ``experiment``."""
     import numpy as np
 
-    from mlscale.fits import points_from_experiment
-    from mlscale.tracking import models_frame
+    from mlscale.registry import models_frame
+    from mlscale.scaling import points_from_experiment
 
     if experiment is not None:
         points = points_from_experiment(settings, experiment).rename(columns={"run_id": "run"})
@@ -87,7 +87,7 @@ def scaling_points(settings: MlflowSettings, *, experiment: str | None = None,
 def _fit_family(runs: pd.DataFrame, plot_dir: Path) -> dict[str, Any]:
     """The three laws of test loss, each with intervals, goodness, extrapolation and plots
     (or the reason it could not be fitted)."""
-    from mlscale.fits import fit_points
+    from mlscale.scaling import fit_points
 
     fits: dict[str, Any] = {}
     for law in LAWS_SHOWN:
@@ -101,8 +101,7 @@ def _fit_family(runs: pd.DataFrame, plot_dir: Path) -> dict[str, Any]:
 
 
 def _select_law(runs: pd.DataFrame) -> dict[str, Any]:
-    from mlscale._law_selection import select_law
-    from mlscale.fits import slice_for_law
+    from mlscale.scaling import select_law, slice_for_law
 
     chosen = slice_for_law(runs, "n")
     try:
@@ -133,9 +132,9 @@ def _exponents(family: str, fits: dict[str, Any], law: dict[str, Any]) -> dict[s
 def scaling_study(points: pd.DataFrame, plot_root: Path) -> dict[str, Any]:
     """Every number the report shows, per family and across families; the per-family fit
     plots go under ``plot_root / family``."""
-    from mlscale._scaling_study import (
-        compute_frontier,
+    from mlscale.scaling import (
         family_saturation,
+        frontier_holders,
         locate_regimes,
         parameter_efficiency,
     )
@@ -152,7 +151,7 @@ def scaling_study(points: pd.DataFrame, plot_root: Path) -> dict[str, Any]:
         "families": families,
         "exponents": [_exponents(name, f["fits"], f["law_selection"])
                       for name, f in families.items()],
-        "frontier": compute_frontier(points)}
+        "frontier": frontier_holders(points)}
     try:
         study["regimes"] = locate_regimes(points)
     except MlscaleError as error:

@@ -46,8 +46,9 @@ if TYPE_CHECKING:
     import optuna
 
     from mlscale.data import Splits
-    from mlscale.tracking import MlflowSettings, TrainingOutcome
+    from mlscale.registry import MlflowSettings
     from mlscale.train import EpochMetrics, Progress
+    from mlscale.workflow import TrainingOutcome
 
 __all__ = ["SearchProgress", "SearchSummary", "default_storage", "run_search"]
 
@@ -292,7 +293,7 @@ def _spent_flops(trials: list[optuna.trial.FrozenTrial]) -> float:
 
 def _mark_run(settings: MlflowSettings, run_id: str | None, status: str, tag: str,
               reason: str) -> None:
-    from mlscale.tracking import client
+    from mlscale.registry import client
 
     if run_id:
         mlflow_client = client(settings)
@@ -326,8 +327,8 @@ class _Objective:
     def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
         import optuna
 
-        from mlscale.tracking import train_and_register
         from mlscale.train import TrainConfig
+        from mlscale.workflow import train_and_register
 
         trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
         params = _suggest(trial, self.pipeline)
@@ -536,7 +537,7 @@ def run_search(
 
     from mlscale._study_runs import close_orphan_runs, create_parent_run, resume_parent_run
     from mlscale.data import load
-    from mlscale.tracking import experiment_id
+    from mlscale.registry import experiment_id
 
     # Errors only: a failed trial's reason is its user attribute and the progress line,
     # not Optuna's warning with the traceback.
@@ -631,7 +632,7 @@ def _close_parent(settings: MlflowSettings, study: optuna.Study, pipeline: Pipel
                   storage_url: str, parent_run_id: str, status: str) -> None:
     """If no other worker still trains: the summary and plots to the parent run, ended."""
     from mlscale._study_runs import others_running
-    from mlscale.tracking import client, mlflow_errors
+    from mlscale.registry import client, mlflow_errors
 
     if others_running(study):
         return
@@ -670,7 +671,7 @@ def _after_trial(study: optuna.Study, objective: _Objective) -> None:
 
 def _wait_for_tracking(settings: MlflowSettings) -> None:
     """Return once the MLflow store answers; fail after STORE_WAIT_S of silence."""
-    from mlscale.tracking import client
+    from mlscale.registry import client
 
     deadline = time.monotonic() + STORE_WAIT_S
     while True:

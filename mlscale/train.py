@@ -383,8 +383,7 @@ def train(
     _keep_freed_memory()
     spec = model_spec(config.arch)
     config = config.with_family_defaults()
-    width = config.width if config.width is not None else spec.default_width
-    depth = config.depth if config.depth is not None else spec.default_depth
+    width, depth = spec.resolve(config.width, config.depth)
     device = _resolve_device(config.device)
     precision = _resolve_precision(config.precision, device)
     data = data if data is not None else load(config.dataset, config.data_root)

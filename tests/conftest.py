@@ -43,8 +43,8 @@ def lenet_grid_store(tmp_path_factory: pytest.TempPathFactory, mnist: Splits) ->
     """A store with a real 5 x 5 LeNet-5 grid (width x train size, one epoch each) and two
     VGG runs: enough runs for scaling fits and the budget advisor, and one family short."""
     from mlscale.pipeline import parse_pipeline
+    from mlscale.registry import load_settings
     from mlscale.search import run_search
-    from mlscale.tracking import load_settings
 
     folder = tmp_path_factory.mktemp("grid")
     uri = f"sqlite:///{folder / 'mlflow.db'}"

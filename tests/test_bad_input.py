@@ -338,13 +338,13 @@ def test_a_search_whose_trials_all_fail_alike_stops(capsys: pytest.CaptureFixtur
     spending the rest of the budget on trials that train nothing."""
     import optuna
 
-    import mlscale.tracking
+    import mlscale.workflow
     from mlscale.errors import MlscaleError
 
     def full_disk(*args: object, **kwargs: object) -> None:
         raise MlscaleError("cannot write the ONNX model: No space left on device")
 
-    monkeypatch.setattr(mlscale.tracking, "train_and_register", full_disk)
+    monkeypatch.setattr(mlscale.workflow, "train_and_register", full_disk)
     storage = f"sqlite:///{workspace / 'optuna.db'}"
     budget = _pipeline(**{"train_size: 300": "train_size: [300, 400, 500, 600, 700]"})
     (workspace / "many.yaml").write_text(budget + "sampler: random\n")

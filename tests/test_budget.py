@@ -12,11 +12,10 @@ from _cli import run_main
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from mlscale._budget_model import build_registry_model
-from mlscale.budget import Advisor
+from mlscale.budget import Advisor, build_registry_model
 from mlscale.cli import cli
 from mlscale.errors import MlscaleError
-from mlscale.tracking import load_settings
+from mlscale.registry import load_settings
 
 
 @pytest.fixture(scope="module")

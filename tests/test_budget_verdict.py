@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlscale._budget_model import build_registry_model
-from mlscale.budget import Advisor
+from mlscale.budget import Advisor, build_registry_model
 from mlscale.cli import _print_advice
 
 

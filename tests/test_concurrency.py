@@ -114,7 +114,7 @@ def test_two_processes_open_a_fresh_sqlite_store_at_once(tmp_path: Path) -> None
     env = os.environ | {"MLFLOW_TRACKING_URI": uri}
     go = tmp_path / "go"
     wait = (f"import os, time, sys\nwhile not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
-            "from mlscale.tracking import client, load_settings\n"
+            "from mlscale.registry import client, load_settings\n"
             "print(client(load_settings()).search_experiments())\n")
     workers = [subprocess.Popen([sys.executable, "-c", wait], env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)

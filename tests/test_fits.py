@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from mlscale.cli import cli
 from mlscale.errors import MlscaleError
-from mlscale.fits import fit_points, points_from_csv
+from mlscale.scaling import fit_points, points_from_csv
 
 CHINCHILLA = Path(__file__).resolve().parents[2] / "shared" / "data" / \
     "chinchilla_hoffmann2022_fig4.csv"

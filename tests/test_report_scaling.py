@@ -18,17 +18,17 @@ from _cli import run_main
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from mlscale._law_selection import select_law
-from mlscale._scaling_study import (
-    compute_frontier,
-    family_saturation,
-    locate_regimes,
-    parameter_efficiency,
-    smoothed,
-)
 from mlscale.cli import cli
 from mlscale.errors import MlscaleError
-from mlscale.tracking import load_settings, models_frame
+from mlscale.registry import load_settings, models_frame
+from mlscale.scaling import (
+    family_saturation,
+    frontier_holders,
+    locate_regimes,
+    parameter_efficiency,
+    select_law,
+    smoothed,
+)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_an_experiment_gives_its_finished_runs(lenet_grid_store: str, tmp_path: 
 
 def test_an_empty_registry_is_a_one_line_error(fresh_store: str, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    from mlscale.tracking import client, load_settings
+    from mlscale.registry import client, load_settings
 
     client(load_settings(fresh_store))  # an existing store with nothing in it
     code, _, err = run_main(capsys, "report", "scaling", "--out", str(tmp_path))
@@ -256,7 +256,7 @@ def test_the_compute_frontier_names_each_decades_holder() -> None:
     runs = pd.DataFrame({"arch": ["a", "b", "a", "b"], "C": [2e9, 5e9, 3e10, 4e11],
                          "loss": [0.5, 0.4, 0.3, 0.35], "accuracy": [0.8, 0.85, 0.9, 0.92],
                          "N": 1.0})
-    frontier = compute_frontier(runs)
+    frontier = frontier_holders(runs)
     holders = [(d["to_flops"], d["loss_family"], d["accuracy_family"])
                for d in frontier["decades"]]
     assert holders == [(1e10, "b", "b"), (1e11, "a", "a"), (1e12, "a", "b")]

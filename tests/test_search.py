@@ -21,8 +21,8 @@ from optuna.trial import TrialState
 from mlscale.cli import cli
 from mlscale.data import Splits
 from mlscale.pipeline import parse_pipeline
+from mlscale.registry import load_settings
 from mlscale.search import PLANNED, PRUNE_REASON, RUN_ID, SPENT, run_search, stale_after_s
-from mlscale.tracking import load_settings
 
 LENET_TRAIN_FLOPS = 2_263_920  # per sample, at width 1
 

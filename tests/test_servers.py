@@ -27,6 +27,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from mlscale import servers as servers_module
+from mlscale.cost_card import COST_CARD
 from mlscale.search import (
     FAIL_REASON,
     PARENT_RUN,
@@ -37,7 +38,6 @@ from mlscale.search import (
     stale_after_s,
 )
 from mlscale.servers import Servers
-from mlscale.tracking import COST_CARD
 
 BUDGET = 9.0e9
 PIPELINE: dict[str, Any] = {

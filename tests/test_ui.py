@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from _chromium import chromium, needs_chromium, screenshot
 
-from mlscale.tracking import load_settings, train_and_register
+from mlscale.registry import load_settings
 from mlscale.train import TrainConfig
+from mlscale.workflow import train_and_register
 
 pytestmark = needs_chromium
 

@@ -163,7 +163,7 @@ def test_registry_names_of_user_families_and_datasets() -> None:
         "vgg_mini")
     assert dataset_name("npz:/a/b/my shapes.npz") == "npz-my-shapes"
     assert dataset_name("torchvision:CIFAR10") == "torchvision-cifar10"
-    from mlscale.tracking import MlflowSettings
+    from mlscale.registry import MlflowSettings
 
     settings = MlflowSettings(tracking_uri="sqlite:///x.db")
     assert settings.model_name("npz:data/shapes.npz", FAMILY) == (
@@ -253,12 +253,12 @@ def test_import_path_family_on_an_npz_dataset_end_to_end(
 def _check_registered_onnx(uri: str, shape: tuple[int, int, int]) -> None:
     """The registered ONNX model takes the dataset's images and its cost card says so."""
     from mlscale.export import ort_session
-    from mlscale.tracking import _resolve_version, client, load_registered_onnx, load_settings
+    from mlscale.registry import client, load_registered_onnx, load_settings, resolve_version
 
     onnx_bytes, torch_model = load_registered_onnx(uri, load_settings())
     assert ort_session(onnx_bytes).get_inputs()[0].shape[1:] == list(shape)
     assert torch_model is not None and torch_model(torch.zeros(1, *shape)).shape == (1, 4)
-    version = _resolve_version(client(load_settings()), uri)
+    version = resolve_version(client(load_settings()), uri)
     assert version.tags["input_shape"] == "x".join(map(str, shape))
     assert version.tags["num_classes"] == "4"
 

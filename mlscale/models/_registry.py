@@ -58,6 +58,25 @@ class ModelSpec:
         """Whether both dial ranges are finite (user families may leave them open)."""
         return self.width_range[1] < math.inf and self.depth_range[1] < UNBOUNDED_DEPTH
 
+    def resolve(self, width: float | None, depth: int | None) -> tuple[float, int]:
+        """The dials a run uses (``None``: the family default), or a one-line error when
+        either lies outside the family's range (before any model is built or data read)."""
+        width = self.default_width if width is None else width
+        depth = self.default_depth if depth is None else depth
+        (w_lo, w_hi), (d_lo, d_hi) = self.width_range, self.depth_range
+        if (
+            isinstance(width, bool)
+            or not isinstance(width, int | float)
+            or width <= 0
+            or not w_lo <= width <= w_hi
+        ):
+            raise MlscaleError(f"width must be in {format_range(self.width_range)} for "
+                               f"{self.name}, got {width}")
+        if isinstance(depth, bool) or not isinstance(depth, int) or not d_lo <= depth <= d_hi:
+            raise MlscaleError(f"depth must be an integer in {format_range(self.depth_range)} "
+                               f"for {self.name}, got {depth}")
+        return width, depth
+
 
 _MODELS: dict[str, ModelSpec] = {}
 _USER_MODELS: dict[str, ModelSpec] = {}  # resolved user families, by the name they were given
@@ -103,22 +122,7 @@ def model_spec(name: str) -> ModelSpec:
 def check_dials(name: str, width: float | None, depth: int | None) -> tuple[float, int]:
     """``name``'s width and depth (``None``: the family default), or a one-line error when
     either lies outside the family's range (before any model is built or data read)."""
-    spec = model_spec(name)
-    width = spec.default_width if width is None else width
-    depth = spec.default_depth if depth is None else depth
-    (w_lo, w_hi), (d_lo, d_hi) = spec.width_range, spec.depth_range
-    if (
-        isinstance(width, bool)
-        or not isinstance(width, int | float)
-        or width <= 0
-        or not w_lo <= width <= w_hi
-    ):
-        raise MlscaleError(f"width must be in {format_range(spec.width_range)} for {name}, "
-                           f"got {width}")
-    if isinstance(depth, bool) or not isinstance(depth, int) or not d_lo <= depth <= d_hi:
-        raise MlscaleError(f"depth must be an integer in {format_range(spec.depth_range)} for "
-                           f"{name}, got {depth}")
-    return width, depth
+    return model_spec(name).resolve(width, depth)
 
 
 def get_model(
@@ -139,7 +143,7 @@ def get_model(
     torch.Size([2, 10])
     """
     spec = model_spec(name)
-    width, depth = check_dials(name, width, depth)
+    width, depth = spec.resolve(width, depth)
     return spec.builder(
         width=width,
         depth=depth,

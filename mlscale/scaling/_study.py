@@ -17,10 +17,19 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from mlscale.errors import MlscaleError
-from mlscale.scaling import pareto_front, saturation_point
+from mlscale.scaling._fit import pareto_front, saturation_point
 
-__all__ = ["SATURATED_GAIN", "SMALL_GAIN", "Regimes", "best_by", "compute_frontier",
-           "family_saturation", "locate_regimes", "parameter_efficiency", "smoothed"]
+__all__ = [
+    "SATURATED_GAIN",
+    "SMALL_GAIN",
+    "Regimes",
+    "best_by",
+    "family_saturation",
+    "frontier_holders",
+    "locate_regimes",
+    "parameter_efficiency",
+    "smoothed",
+]
 
 SATURATED_GAIN = 1e-3  # accuracy per 10x parameters: under 0.1 points is saturated
 SMALL_GAIN = 1e-2  # 1 point or more per 10x parameters: the small, parameter-efficient regime
@@ -139,7 +148,7 @@ def family_saturation(runs: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def compute_frontier(runs: pd.DataFrame) -> dict[str, Any]:
+def frontier_holders(runs: pd.DataFrame) -> dict[str, Any]:
     """Best test loss and accuracy against training FLOPs over all families, and which
     family holds each in every decade of compute that has runs (the best run trained with
     at most the decade's upper edge)."""

@@ -32,16 +32,13 @@ from scipy.optimize import minimize_scalar
 from scipy.stats import norm
 from statsmodels.nonparametric.smoothers_lowess import lowess
 
-from mlscale._scaling_huber import Problem, bootstrap_thetas, fit_theta, lad_covariance
-from mlscale._scaling_laws import LAWS, R_STAR, Law, effective_data
-from mlscale._scaling_results import ScalingFit
 from mlscale.errors import MlscaleError
+from mlscale.scaling._huber import Problem, bootstrap_thetas, fit_theta, lad_covariance
+from mlscale.scaling._laws import LAWS, R_STAR, effective_data
+from mlscale.scaling._results import ScalingFit
 
-__all__ = [
-    "LAWS", "R_STAR", "ComputeOptimal", "Law", "Saturation", "ScalingFit", "compute_frontier",
-    "compute_optimal",
-    "effective_data", "efficiency_fronts", "fit_law", "pareto_front", "saturation_point",
-]
+__all__ = ["ComputeOptimal", "Saturation", "compute_frontier", "compute_optimal",
+           "efficiency_fronts", "fit_law", "pareto_front", "saturation_point"]
 
 EFFICIENCY_COSTS = ("train_flops", "params", "latency_p90_ms")
 

@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlscale._fit_csv import label, points_from_csv
 from mlscale.errors import MlscaleError
+from mlscale.scaling._csv import label, points_from_csv
+from mlscale.scaling._plots import plot_fit
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlscale.scaling import ScalingFit
-    from mlscale.tracking import MlflowSettings
+    from mlscale.registry import MlflowSettings
+    from mlscale.scaling._results import ScalingFit
 
 __all__ = ["FitReport", "fit_points", "log_fit", "points_from_csv", "points_from_experiment",
            "slice_for_law"]
@@ -64,7 +65,7 @@ def points_from_experiment(settings: MlflowSettings, experiment: str, *,
     """
     import pandas as pd
 
-    from mlscale.tracking import client, mlflow_errors
+    from mlscale.registry import client, mlflow_errors
 
     if target not in TARGETS:
         raise MlscaleError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
@@ -102,7 +103,7 @@ def points_from_experiment(settings: MlflowSettings, experiment: str, *,
 def slice_for_law(points: pd.DataFrame, law: str) -> pd.DataFrame:
     """The n-law wants runs at one data size, the d-law at one model size, the c-law the
     compute frontier; pick the slice with the most distinct values of the free variable."""
-    from mlscale.scaling import compute_frontier
+    from mlscale.scaling._fit import compute_frontier
 
     if law == "c":
         return compute_frontier(points)
@@ -126,7 +127,7 @@ def _params_table(fit: ScalingFit, alpha: float) -> dict[str, dict[str, float]]:
 def _unique_column(points: pd.DataFrame, law: str) -> str | None:
     """"unique" when the law has D and some run saw its data more than once: those fits
     use Muennighoff's effective data D', so repeated epochs are not counted as new data."""
-    from mlscale.scaling import LAWS
+    from mlscale.scaling._laws import LAWS
 
     if "D" not in LAWS[law].variables or "unique" not in points.columns:
         return None
@@ -160,7 +161,7 @@ def extrapolation_check(points: pd.DataFrame, law: str, *, drop_top: int = 0
     """Fit on the lower 80% of compute C, report the error on the top 20%; the split
     falls between budgets (``holdout_threshold``). Points without C (an n- or d-law given
     only N or D) split on that variable, and ``axis`` says which."""
-    from mlscale.scaling import LAWS, fit_law
+    from mlscale.scaling._fit import LAWS, fit_law
 
     axis = "C" if "C" in points.columns else LAWS[law].variables[0]
     threshold = holdout_threshold(points[axis].to_numpy(dtype=float))
@@ -190,7 +191,7 @@ def fit_points(points: pd.DataFrame, law: str, *, target: str = "test_loss", dro
 
     Runs past one epoch of their ``unique`` samples are fitted on effective data D'.
     """
-    from mlscale.scaling import LAWS, compute_optimal, fit_law
+    from mlscale.scaling._fit import LAWS, compute_optimal, fit_law
 
     if law not in LAWS:
         raise MlscaleError(f"law must be one of {', '.join(LAWS)}, got {law!r}")
@@ -265,7 +266,7 @@ def _floor_warnings(fit: ScalingFit, points: pd.DataFrame) -> list[str]:
 def _effective_points(fit: ScalingFit, points: pd.DataFrame, unique: str | None
                       ) -> pd.DataFrame:
     """The points with D replaced by the effective data D' the fit used (for plots)."""
-    from mlscale.scaling import effective_data
+    from mlscale.scaling._laws import effective_data
 
     if unique is None:
         return points
@@ -281,102 +282,12 @@ def _k_from(points: pd.DataFrame) -> float:
     return 6.0
 
 
-def _band(fit: ScalingFit, grid: dict[str, np.ndarray], alpha: float = 0.05
-          ) -> tuple[np.ndarray, np.ndarray] | None:
-    """A pointwise band of predictions from the parameters' uncertainty (None when the
-    fit has no usable covariance and no bootstrap draws)."""
-    try:
-        samples = fit.param_draws().to_numpy()
-    except MlscaleError:
-        return None
-    names = fit.param_names
-    curves = []
-    for row in samples:
-        theta = dict(zip(names, row, strict=True))
-        loss = np.full_like(next(iter(grid.values())), theta[fit.law.const], dtype=float)
-        for amp, exp, var in fit.law.terms:
-            loss = loss + theta[amp] * grid[var] ** -theta[exp]
-        curves.append(loss)
-    lower, upper = np.nanquantile(np.array(curves), [alpha / 2, 1 - alpha / 2], axis=0)
-    return lower, upper
-
-
-def plot_fit(fit: ScalingFit, points: pd.DataFrame, law: str, out_dir: Path,
-             optimal: dict[str, Any] | None) -> list[str]:
-    """Log-log data with the fit and its 95% band; isoFLOP curves for the joint law."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise MlscaleError(f"cannot write plots to {out_dir}: {error.strerror}") from None
-    paths = []
-    variables = fit.law.variables
-    for var in variables:
-        figure, axes = plt.subplots(figsize=(6, 4.2))
-        others = [v for v in variables if v != var]
-        x = np.logspace(np.log10(points[var].min()), np.log10(points[var].max() * 10), 120)
-        if others:  # one curve per value of the other variable (its largest and smallest)
-            for value in sorted({points[others[0]].min(), points[others[0]].max()}):
-                grid = {var: x, others[0]: np.full_like(x, value)}
-                line = axes.plot(x, fit.predict(**grid), label=f"fit, {others[0]}={value:.3g}")
-                band = _band(fit, grid)
-                if band is not None:
-                    axes.fill_between(x, *band, alpha=0.2, color=line[0].get_color())
-        else:
-            axes.plot(x, fit.predict(**{var: x}), label="fit")
-            band = _band(fit, {var: x})
-            if band is not None:
-                axes.fill_between(x, *band, alpha=0.2, label="95% band")
-        axes.scatter(points[var], points["loss"], s=14, color="black", label="runs", zorder=3)
-        label = "D' (effective samples)" if var == "D" and fit.data_constrained else var
-        axes.set(xscale="log", yscale="log", xlabel=label, ylabel="loss",
-                 title=f"{fit.law.formula} (fit to {fit.nobs} runs)")
-        axes.legend(fontsize=7)
-        path = out_dir / f"fit_{law}_{var}.png"
-        figure.tight_layout()
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-        paths.append(str(path))
-    if law == "nd" and optimal is not None:
-        paths.append(str(_plot_isoflops(fit, points, optimal["k"], out_dir)))
-    return paths
-
-
-def _plot_isoflops(fit: ScalingFit, points: pd.DataFrame, k: float, out_dir: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    from mlscale.scaling import compute_optimal
-
-    allocation = compute_optimal(fit, k)
-    c_values = np.logspace(np.log10(points["C"].min()), np.log10(points["C"].max() * 10), 5)
-    figure, axes = plt.subplots(figsize=(6, 4.2))
-    for c in c_values:
-        n_opt = float(allocation.N_opt(c))
-        if not (np.isfinite(n_opt) and n_opt > 0):  # a degenerate fit (few, noisy runs)
-            continue
-        n = np.logspace(np.log10(n_opt) - 1.5, np.log10(n_opt) + 1.5, 100)
-        axes.plot(n, fit.predict(N=n, D=c / (k * n)), label=f"C = {c:.2g}")
-        axes.scatter([n_opt], fit.predict(N=n_opt, D=c / (k * n_opt)), color="black", s=12)
-    axes.set(xscale="log", yscale="log", xlabel="N (parameters)", ylabel="predicted loss",
-             title=f"isoFLOP curves, C = {k:.3g} N D; dots: N_opt ~ C^{allocation.a:.3f}")
-    axes.legend(fontsize=7)
-    path = out_dir / "isoflops.png"
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
-
-
 def log_fit(report: FitReport, settings: MlflowSettings, experiment: str,
             options: dict[str, Any]) -> str:
     """Record a registry fit as an MLflow run in ``experiment``: params, metrics, plots."""
     import mlflow
 
-    from mlscale.tracking import client, experiment_id, mlflow_errors
+    from mlscale.registry import client, experiment_id, mlflow_errors
 
     client(settings)
     with mlflow_errors(settings), mlflow.start_run(

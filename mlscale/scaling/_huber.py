@@ -18,7 +18,7 @@ from statsmodels.regression.quantile_regression import QuantReg
 from statsmodels.tools.sm_exceptions import IterationLimitWarning
 from threadpoolctl import threadpool_limits
 
-from mlscale._scaling_laws import Law, effective_data, effective_data_grad
+from mlscale.scaling._laws import Law, effective_data, effective_data_grad
 
 __all__ = ["Problem", "bootstrap_thetas", "fit_theta", "lad_covariance", "polish"]
 

@@ -11,19 +11,19 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from mlscale.cli import cli
+from mlscale.cost_card import COST_CARD
 from mlscale.data import Splits
 from mlscale.errors import MlscaleError
 from mlscale.export import INPUT_NAME, ort_session
-from mlscale.tracking import (
+from mlscale.registry import (
     CHAMPION,
-    COST_CARD,
     FAILURE_TAG,
     load_registered_onnx,
     load_settings,
     models_frame,
-    train_and_register,
 )
 from mlscale.train import TrainConfig
+from mlscale.workflow import train_and_register
 
 FAST_LATENCY = {"latency_batch_sizes": (1, 8), "latency_seconds": 0.02}
 

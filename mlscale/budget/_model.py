@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
-from mlscale._scaling_results import ScalingFit
 from mlscale.errors import MlscaleError
 from mlscale.names import arch_name, split_source
+from mlscale.scaling import ScalingFit
 
 if TYPE_CHECKING:
-    from mlscale.tracking import MlflowSettings
+    from mlscale.registry import MlflowSettings
 
 __all__ = ["FamilyModel", "LatencyModel", "RegistryModel", "cache_dir", "load_registry_model"]
 
@@ -291,7 +291,7 @@ def measured_grid(family: str, input_shape: tuple[int, int, int],
 
 def registry_fingerprint(settings: MlflowSettings) -> str:
     """Changes whenever a version is registered or deleted anywhere in the registry."""
-    from mlscale.tracking import all_pages, client, mlflow_errors
+    from mlscale.registry import all_pages, client, mlflow_errors
 
     mlflow_client = client(settings)
     with mlflow_errors(settings):
@@ -310,7 +310,7 @@ def load_registry_model(settings: MlflowSettings, dataset: str, *, refresh: bool
     """
     from importlib.metadata import version
 
-    from mlscale.tracking import models_frame
+    from mlscale.registry import models_frame
 
     fingerprint = registry_fingerprint(settings)
     source = split_source(dataset)  # a user source's relative path: keyed by where it is

@@ -16,7 +16,7 @@ from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mlscale.budget import Estimate, Option
+    from mlscale.budget._advice import Estimate, Option
 
 __all__ = ["Verdict", "rank_families"]
 

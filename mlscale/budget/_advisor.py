@@ -1,115 +1,39 @@
-"""What to train for a FLOPs budget, what it will score and what it will cost to serve.
+"""The advisor: the best configuration of every family for a budget, ranked."""
 
-For every family fitted from the registry (``mlscale._budget_model``) and every point
-of its measured dial grid, a budget C buys D = C / (training FLOPs per sample) samples;
-the joint law predicts the test loss at (N, D'), where D' discounts repeated epochs of
-the dataset's unique samples. The configuration with the lowest predicted loss wins;
-its accuracy comes from the error-rate law, its latency from the family's latency model.
-Intervals are 95% prediction intervals for one new run: the delta method on log loss
-over the fit's parameter covariance plus its run-to-run scatter (Student's t). Every
-family's best configuration is ranked, and the verdict (``mlscale._budget_verdict``)
-says by how much the winner wins and with what confidence.
-
->>> advisor = Advisor.from_registry(load_settings(), "mnist")  # doctest: +SKIP
->>> advice = advisor.advise(1e15)                               # doctest: +SKIP
->>> advice.recommendation.family, advice.recommendation.predicted_accuracy.value  # doctest: +SKIP
-('lenet5', 0.9921)
-"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from mlscale._budget_model import FamilyModel, RegistryModel, load_registry_model
-from mlscale._budget_verdict import rank_families
-from mlscale._scaling_laws import effective_data
+from mlscale.budget._advice import (
+    GRID_PER_DECADE,
+    MIN_SAMPLES,
+    SAME_ACCURACY,
+    WEAK_FIT_SPAN,
+    Advice,
+    Estimate,
+    Option,
+    advice_warnings,
+    check_positive,
+    check_target,
+    estimate,
+    fit_summary,
+    nearest_run,
+)
+from mlscale.budget._model import FamilyModel, RegistryModel, load_registry_model
+from mlscale.budget._verdict import rank_families
 from mlscale.errors import MlscaleError
+from mlscale.scaling import effective_data
 
 if TYPE_CHECKING:
-    from mlscale._scaling_results import ScalingFit
-    from mlscale.tracking import MlflowSettings
+    from mlscale.registry import MlflowSettings
 
-__all__ = ["Advice", "Advisor", "Estimate", "Option"]
-
-SAME_ACCURACY = 1e-3  # 0.1 accuracy points: "the same" for alternatives and saturation
-EXTRAPOLATION_FACTOR = 10.0  # warn past this multiple of the largest fitted run
-MIN_SAMPLES = 100  # a configuration must see at least this many samples
-WEAK_FIT_SPAN = 10.0  # warn when the loss interval spans more than this factor
-GRID_PER_DECADE = 24  # budgets per decade when searching for the cheapest or the least
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A prediction with its 95% interval (``None`` bounds: no interval could be formed)."""
-
-    value: float
-    lower: float | None
-    upper: float | None
-
-
-@dataclass(frozen=True)
-class Option:
-    """One configuration trained on one budget, and what it is predicted to give."""
-
-    family: str
-    width: float
-    depth: int
-    params: int
-    flops_per_sample: int
-    train_flops_per_sample: int
-    train_flops: float
-    samples_seen: int
-    epochs: float
-    effective_samples: float
-    predicted_test_loss: Estimate
-    predicted_accuracy: Estimate
-    predicted_latency_p90_ms: Estimate | None
-    latency_threads: int | None  # the thread count that latency is predicted for
-
-    def to_dict(self) -> dict[str, Any]:
-        payload = asdict(self)
-        payload["dials"] = {"width": payload.pop("width"), "depth": payload.pop("depth")}
-        return payload
-
-
-@dataclass
-class Advice:
-    """The answer to one budget (or target-accuracy) question."""
-
-    dataset: str
-    budget_flops: float
-    recommendation: Option
-    nearest_registered_model: dict[str, Any]
-    alternatives: list[dict[str, Any]]
-    warnings: list[str]
-    train_command: str
-    fits: dict[str, dict[str, Any]]
-    families: list[str]
-    max_latency_ms: float | None = None
-    target_accuracy: float | None = None
-    registry: dict[str, Any] = field(default_factory=dict)
-    verdict: dict[str, Any] = field(default_factory=dict)  # see mlscale._budget_verdict
-    verdict_line: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """The recommendation's fields at the top level, then everything around it."""
-        return {"dataset": self.dataset, "budget_flops": self.budget_flops,
-                "target_accuracy": self.target_accuracy, "max_latency_ms": self.max_latency_ms,
-                **self.recommendation.to_dict(),
-                "nearest_registered_model": self.nearest_registered_model,
-                "alternatives": [{**alt, "option": alt["option"].to_dict()}
-                                 for alt in self.alternatives],
-                "warnings": self.warnings, "train_command": self.train_command,
-                "families": self.families, "fits": self.fits, "registry": self.registry,
-                "verdict": {**self.verdict, "sentence": self.verdict_line},
-                "flops_convention": "FLOPs = 2 x MACs (torch FlopCounterMode); training "
-                                    "FLOPs = measured forward + backward per sample x samples"}
+__all__ = ["Advisor"]
 
 
 class Advisor:
@@ -225,8 +149,8 @@ class Advisor:
         grid = fm.candidates.iloc[row]
         samples = self._samples(fm, row, budget)
         unique = self.model.unique
-        loss = _estimate(fm.loss_fit, float(grid["params"]), samples, unique)
-        error = _estimate(fm.error_fit, float(grid["params"]), samples, unique)
+        loss = estimate(fm.loss_fit, float(grid["params"]), samples, unique)
+        error = estimate(fm.error_fit, float(grid["params"]), samples, unique)
         accuracy = Estimate(1 - error.value,
                             None if error.upper is None else max(0.0, 1 - error.upper),
                             None if error.lower is None else 1 - error.lower)
@@ -306,9 +230,10 @@ class Advisor:
             {f.family for f in chosen} - {f.family for f in ranked})
         return Advice(
             dataset=self.model.dataset, budget_flops=float(budget_flops), recommendation=option,
-            nearest_registered_model=_nearest_run(fm, option),
+            nearest_registered_model=nearest_run(fm, option),
             alternatives=alternatives,
-            warnings=self._warnings(fm, option, budget_flops, alternatives)
+            warnings=advice_warnings(fm, option, budget_flops, alternatives,
+                                     self.model.unique)
             + [f"{other.family} is not ranked: its fit is too weak here ("
                + (f"the 95% interval on its test loss spans {spans[other.family]:.3g}x"
                   if math.isfinite(spans[other.family]) else "it has no finite interval")
@@ -318,7 +243,7 @@ class Advisor:
             train_command=(f"mlscale train --arch {option.family} --width {option.width:g} "
                            f"--depth {option.depth} --max-train-flops {option.train_flops:.6g} "
                            f"--dataset {self.model.dataset}"),
-            fits={name: _fit_summary(f) for name, f in self.model.families.items()},
+            fits={name: fit_summary(f) for name, f in self.model.families.items()},
             families=[f.family for f in chosen], max_latency_ms=max_latency_ms,
             registry={"versions": self.model.versions, "fingerprint": self.model.fingerprint,
                       "from_cache": self.from_cache, "unique_samples": self.model.unique,
@@ -426,112 +351,3 @@ class Advisor:
                 if fastest is None or p90[row] < fastest[0]:
                     fastest = (float(p90[row]), fm, row)
         return None if fastest is None else self._option(fastest[1], fastest[2], budget)
-
-    def _warnings(self, fm: FamilyModel, option: Option, budget: float,
-                  alternatives: list[dict[str, Any]]) -> list[str]:
-        warnings = []
-        cheapest = next((a["option"] for a in alternatives
-                         if a["kind"] == "cheapest_within_0.1_points"), None)
-        spent = option.train_flops
-        if cheapest is not None and cheapest.train_flops <= spent / 2:
-            warnings.append(
-                f"saturated: more compute buys under 0.1 accuracy points here; "
-                f"{cheapest.train_flops:.2g} FLOPs gets the same "
-                f"({cheapest.predicted_accuracy.value:.2%} vs "
-                f"{option.predicted_accuracy.value:.2%} predicted)")
-        if option.train_flops < budget - option.train_flops_per_sample:
-            epochs = fm.max_epochs(self.model.unique)
-            warnings.append(
-                f"epochs capped: the fitted {fm.family} runs typically made {epochs:.3g} "
-                f"passes over their data, so the law is unmeasured past {epochs:.3g} "
-                f"epochs (and more passes over small data tend to raise test loss); the "
-                f"recommendation stops there and leaves {budget - option.train_flops:.3g} "
-                "FLOPs unspent")
-        if option.epochs > 1:
-            warnings.append(
-                f"limited data: {option.samples_seen:,} samples seen are {option.epochs:.3g} "
-                f"epochs of the {self.model.unique:,} unique training samples; repeats count "
-                f"as {option.effective_samples:,.0f} effective samples "
-                f"({option.effective_samples / option.samples_seen:.0%} of face value)")
-        if fm.saturation_flops is not None and spent > fm.saturation_flops:
-            warnings.append(
-                f"the registered {fm.family} runs stop gaining 0.1 points per 10x of compute "
-                f"at {fm.saturation_flops:.2g} FLOPs (LOWESS over {len(fm.runs)} runs)")
-        ratio = spent / fm.largest_run_flops
-        loss = option.predicted_test_loss
-        if ratio > EXTRAPOLATION_FACTOR:
-            band = "" if loss.lower is None or loss.upper is None else (
-                f"; the 95% interval on test loss widens to [{loss.lower:.4g}, {loss.upper:.4g}]")
-            warnings.append(
-                f"extrapolation: the recommended {spent:.3g} training FLOPs are {ratio:.3g}x the "
-                f"largest {fm.family} run fitted ({fm.largest_run_flops:.3g} FLOPs){band}")
-        size_ratio = option.params / fm.largest_params
-        if size_ratio > EXTRAPOLATION_FACTOR:
-            warnings.append(
-                f"extrapolation: {option.params:,} parameters are {size_ratio:.3g}x the largest "
-                f"{fm.family} model fitted ({fm.largest_params:,.0f})")
-        if fm.latency is not None and fm.latency.pooled:
-            warnings.append(f"latency of {fm.family} is predicted from all families' models "
-                            f"(it has too few timed models of its own)")
-        if loss.lower is None or loss.upper is None:
-            warnings.append(f"no interval: the {fm.family} fit's covariance could not be "
-                            "estimated")
-        elif loss.upper / loss.lower > WEAK_FIT_SPAN:
-            warnings.append(
-                f"weak fit: the 95% interval on test loss spans {loss.upper / loss.lower:.3g}x "
-                f"({fm.loss_fit.nobs} {fm.family} runs); register runs nearer this budget")
-        return warnings
-
-
-def check_positive(value: float, name: str) -> None:
-    """A one-line error unless ``value`` is a positive finite number."""
-    from mlscale.checks import check_finite_positive
-
-    check_finite_positive(value, name)
-
-
-def check_target(target_accuracy: float) -> None:
-    """A one-line error unless the target accuracy is in (0, 1)."""
-    if not (isinstance(target_accuracy, int | float) and 0 < target_accuracy < 1):
-        raise MlscaleError(f"--target-accuracy must be in (0, 1), got {target_accuracy}")
-
-
-def _estimate(fit: ScalingFit, params: float, samples: int, unique: int) -> Estimate:
-    """The prediction and its 95% prediction interval (the fit's parameter covariance and
-    its run-to-run scatter, by the delta method on log loss)."""
-    value, lower, upper = (float(v) for v in fit.predict_interval(N=params, D=samples,
-                                                                    unique=unique))
-    if not (math.isfinite(lower) and math.isfinite(upper)):
-        return Estimate(value, None, None)
-    return Estimate(value, lower, upper)
-
-
-def _nearest_run(fm: FamilyModel, option: Option) -> dict[str, Any]:
-    """The registered run of the family closest in log parameters and log training FLOPs."""
-    runs = fm.runs
-    distance = (np.log10(runs["params"] / option.params) ** 2
-                + np.log10(runs["train_flops"] / option.train_flops) ** 2)
-    row = runs.loc[distance.idxmin()]
-    keys = ["model_uri", "run_name", "params", "train_flops", "samples_seen", "test_accuracy",
-            "test_loss", "latency_p90_ms"]
-    return {key: _plain(row[key]) for key in keys}
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars as Python numbers, NaN as None (JSON-ready)."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
-def _fit_summary(fm: FamilyModel) -> dict[str, Any]:
-    fit = fm.loss_fit
-    return {"runs": int(fit.nobs), "law": fit.law.formula + " (D effective)",
-            "params": {k: float(v) for k, v in fit.params.items()},
-            "rmse_log_loss": float(fit.rmse), "largest_run_flops": fm.largest_run_flops,
-            "saturation_flops": fm.saturation_flops,
-            "latency_model": None if fm.latency is None else
-            ("pooled over families" if fm.latency.pooled else f"{fm.latency.nobs} models")}
-

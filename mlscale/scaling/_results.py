@@ -10,8 +10,8 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import ndtri, stdtrit
 
-from mlscale._scaling_laws import LAWS, Law, effective_data
 from mlscale.errors import MlscaleError
+from mlscale.scaling._laws import LAWS, Law, effective_data
 
 __all__ = ["ScalingFit"]
 
@@ -63,7 +63,7 @@ class ScalingFit:
 
     @property
     def bse(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(self.cov_params())), index=self.param_names, name="bse")
+        return pd.Series(_std_errors(self.cov_params()), index=self.param_names, name="bse")
 
     def conf_int(self, alpha: float = 0.05, method: Literal["wald", "bootstrap"] = "wald"
                  ) -> pd.DataFrame:
@@ -71,7 +71,7 @@ class ScalingFit:
         if not 0 < alpha < 1:
             raise MlscaleError(f"alpha must be in (0, 1), got {alpha}")
         if method == "wald":
-            half = float(ndtri(1 - alpha / 2)) * np.sqrt(np.diag(self.cov_theta))
+            half = float(ndtri(1 - alpha / 2)) * _std_errors(self.cov_theta)
             lower, upper = self._public(self.theta - half), self._public(self.theta + half)
         elif method == "bootstrap":
             if self.bootstrap_theta is None:
@@ -258,3 +258,10 @@ class ScalingFit:
     def __repr__(self) -> str:
         values = ", ".join(f"{k}={v:.4g}" for k, v in self.params.items())
         return f"ScalingFit(law={self.law.name!r}, nobs={self.nobs}, {values})"
+
+
+def _std_errors(cov: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Square roots of the covariance's diagonal; NaN where a degenerate fit's variance
+    came out negative (shown as nan in the table, not as a numpy warning)."""
+    variances = np.diag(cov)
+    return np.sqrt(np.where(variances >= 0, variances, np.nan))

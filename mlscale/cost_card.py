@@ -1,0 +1,67 @@
+"""The cost card: what one trained model cost and scored, as one typed record.
+
+A registered version carries it as tags and its run as metrics; every column list the
+registry, the budget advisor and the reports read is derived from its fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlscale.latency import LatencyReport
+    from mlscale.train import TrainResult
+
+__all__ = ["COST_CARD", "CostCard", "tag_value"]
+
+
+@dataclass(frozen=True)
+class CostCard:
+    """Size, compute, quality and serving cost of one model (FLOPs = 2 x MACs)."""
+
+    params: int
+    flops_per_sample: int
+    train_flops_per_sample: int
+    train_flops: float
+    samples_seen: int
+    train_size: int
+    test_accuracy: float
+    test_loss: float
+    error_rate: float
+    throughput: float  # ONNX Runtime samples/s at the largest batch timed
+    latency_threads: int
+    latency_p50_ms: float | None = None  # batch 1, where batch 1 was timed
+    latency_p90_ms: float | None = None
+    latency_p99_ms: float | None = None
+
+    @classmethod
+    def of(cls, result: TrainResult, latency: LatencyReport) -> CostCard:
+        """The card of a training result and its ONNX Runtime latency."""
+        batch1 = latency.batch1
+        return cls(
+            params=result.params, flops_per_sample=result.flops_per_sample,
+            train_flops_per_sample=result.train_flops_per_sample,
+            train_flops=result.train_flops, samples_seen=result.samples_seen,
+            train_size=result.train_size, test_accuracy=result.test_accuracy,
+            test_loss=result.test_loss, error_rate=result.error_rate,
+            throughput=latency.largest_batch.throughput, latency_threads=latency.threads,
+            latency_p50_ms=batch1.p50_ms if batch1 else None,
+            latency_p90_ms=batch1.p90_ms if batch1 else None,
+            latency_p99_ms=batch1.p99_ms if batch1 else None)
+
+    def figures(self) -> dict[str, float]:
+        """The figures that exist, as MLflow metrics."""
+        return {k: float(v) for k, v in asdict(self).items() if v is not None}
+
+    def tags(self) -> dict[str, str]:
+        """The figures that exist, as registered-version tags."""
+        return {k: tag_value(v) for k, v in asdict(self).items() if v is not None}
+
+
+COST_CARD: tuple[str, ...] = tuple(f.name for f in fields(CostCard))
+
+
+def tag_value(value: object) -> str:
+    """A tag's text: floats to six significant digits, anything else as ``str``."""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,48 @@
+"""The MLflow tracking store and Model Registry: settings, client, versions, queries.
+
+Settings come from ``mlflow.yaml`` (relative paths resolve against its folder, so the
+store is the same from any working directory); ``MLFLOW_TRACKING_URI`` /
+``MLFLOW_REGISTRY_URI`` and an explicit ``tracking_uri`` override it, as MLflow users
+expect. ``mlscale.workflow`` writes runs and versions; this module opens, names and reads.
+
+>>> settings = load_settings()                                      # doctest: +SKIP
+>>> models_frame(settings)[["model_uri", "test_accuracy"]].head(1)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from mlscale.registry._frame import NUMERIC_COLUMNS, frame_to_json, models_frame
+from mlscale.registry._settings import MlflowSettings, check_uri_scheme, load_settings
+from mlscale.registry._store import all_pages, client, experiment_id, mlflow_errors
+from mlscale.registry._versions import (
+    CHAMPION,
+    TORCH_WEIGHTS,
+    ModelRef,
+    RegisteredVersion,
+    load_registered_onnx,
+    register_version,
+    resolve_version,
+)
+
+FAILURE_TAG = "mlscale.failure"  # a failed run's reason, on the run
+
+__all__ = [
+    "CHAMPION",
+    "FAILURE_TAG",
+    "NUMERIC_COLUMNS",
+    "TORCH_WEIGHTS",
+    "MlflowSettings",
+    "ModelRef",
+    "RegisteredVersion",
+    "all_pages",
+    "check_uri_scheme",
+    "client",
+    "experiment_id",
+    "frame_to_json",
+    "load_registered_onnx",
+    "load_settings",
+    "mlflow_errors",
+    "models_frame",
+    "register_version",
+    "resolve_version",
+]

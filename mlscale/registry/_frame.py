@@ -1,0 +1,60 @@
+"""The registry as a table: one row per registered version with its cost card."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from mlscale.cost_card import COST_CARD
+from mlscale.registry._settings import MlflowSettings
+from mlscale.registry._store import all_pages, client, mlflow_errors
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# Every figure of the cost card, and the dials, are numbers in a registry row.
+NUMERIC_COLUMNS = (*COST_CARD, "width", "depth")
+
+
+def models_frame(settings: MlflowSettings, *, dataset: str | None = None,
+                 arch: str | None = None) -> pd.DataFrame:
+    """One row per registered model version with its cost card, best accuracy first."""
+    import pandas as pd
+
+    mlflow_client = client(settings)
+    rows = []
+    with mlflow_errors(settings):
+        aliases: dict[tuple[str, str], list[str]] = {}
+        for model in all_pages(mlflow_client.search_registered_models, 1000):
+            for alias, version in (model.aliases or {}).items():
+                aliases.setdefault((model.name, str(version)), []).append(alias)
+        for version in all_pages(mlflow_client.search_model_versions, 10_000):
+            tags = dict(version.tags)
+            row: dict[str, Any] = {"name": version.name, "version": int(version.version),
+                                   "model_uri": f"models:/{version.name}/{version.version}",
+                                   "aliases": ",".join(aliases.get((version.name,
+                                                                    str(version.version)), [])),
+                                   "run_id": version.run_id,
+                                   "created": pd.Timestamp(version.creation_timestamp,
+                                                           unit="ms")}
+            row |= {k: tags.get(k) for k in ("dataset", "arch", "run_name")}
+            row |= {k: tags.get(k) for k in NUMERIC_COLUMNS}
+            rows.append(row)
+    frame = pd.DataFrame(rows, columns=["name", "version", "model_uri", "aliases", "dataset",
+                                        "arch", "run_name", *NUMERIC_COLUMNS, "run_id",
+                                        "created"])
+    for column in NUMERIC_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    if dataset is not None:  # a user source's spec or its registry name
+        from mlscale.names import dataset_name
+
+        frame = frame[frame["dataset"] == dataset_name(dataset)]
+    if arch is not None:
+        frame = frame[frame["arch"] == arch]
+    return frame.sort_values(["test_accuracy", "name", "version"],
+                             ascending=[False, True, True]).reset_index(drop=True)
+
+
+def frame_to_json(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Records with NaN as null and timestamps as ISO strings."""
+    return json.loads(frame.to_json(orient="records", date_format="iso"))
