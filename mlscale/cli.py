@@ -676,7 +676,7 @@ def report_scaling(out_dir: str, experiment: str | None, families: str | None,
     regimes, the compute frontier, LeNet-5's parameter efficiency, law selection by AIC/BIC;
     as self-contained HTML and Markdown, logged to MLflow."""
     from mlscale.registry import load_settings
-    from mlscale.report_scaling import print_summary, scaling_report
+    from mlscale.report import print_summary, scaling_report
 
     chosen = [name.strip() for name in families.split(",") if name.strip()] if families else None
     result = scaling_report(load_settings(tracking_uri, create=False), out_dir,

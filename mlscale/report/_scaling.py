@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlscale._report_page import log_report, out_folder, plot_style
 from mlscale.errors import MlscaleError
+from mlscale.report._page import log_report, out_folder, plot_style
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -190,7 +190,7 @@ def scaling_report(settings: MlflowSettings, out_dir: str | Path, *,
                    ) -> ScalingReportResult:
     """Write the report into ``out_dir`` and, with ``log``, record it as an MLflow run in
     the ``mlscale-reports`` experiment."""
-    from mlscale._report_scaling_page import plot_study, write_pages
+    from mlscale.report._scaling_page import plot_study, write_pages
 
     out = out_folder(out_dir)
     points, source = scaling_points(settings, experiment=experiment, dataset=dataset)

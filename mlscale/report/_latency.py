@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlscale._report_page import (
+from mlscale.errors import MlscaleError
+from mlscale.markdown import markdown_table
+from mlscale.report._page import (
     REPORT_EXPERIMENT,
     cell,
     html_page,
@@ -33,8 +35,6 @@ from mlscale._report_page import (
     plot_style,
     save_figure,
 )
-from mlscale.errors import MlscaleError
-from mlscale.markdown import markdown_table
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -1,4 +1,4 @@
-"""The scaling report's figures and its HTML and Markdown pages (``mlscale.report_scaling``
+"""The scaling report's figures and its HTML and Markdown pages (``mlscale.report._scaling``
 computes what they show)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlscale._report_page import cell, html_page, html_table, img_tag, save_figure
 from mlscale.markdown import markdown_table
+from mlscale.report._page import cell, html_page, html_table, img_tag, save_figure
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -175,7 +175,7 @@ def _decade_table(study: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def _efficiency_rows(study: dict[str, Any]) -> tuple[list[str], list[list[str]]] | str:
-    from mlscale.report_scaling import BASE_FAMILY
+    from mlscale.report._scaling import BASE_FAMILY
 
     if isinstance(study["efficiency"], dict):
         return f"Parameter efficiency {study['efficiency']['error']}."
@@ -199,7 +199,7 @@ def _efficiency_rows(study: dict[str, Any]) -> tuple[list[str], list[list[str]]]
 
 def _efficiency_text(study: dict[str, Any]) -> str:
     """How the comparison is made, then one verdict per family in numbers."""
-    from mlscale.report_scaling import BASE_FAMILY
+    from mlscale.report._scaling import BASE_FAMILY
 
     if isinstance(study["efficiency"], dict):
         return f"Parameter efficiency {study['efficiency']['error']}."
