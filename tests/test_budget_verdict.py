@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mlscale.budget import Advisor, build_registry_model
-from mlscale.cli import _print_advice
+from mlscale.cli._budget import _print_advice
 
 
 def _frame(handicap: float, noise: float = 0.05, seed: int = 0) -> pd.DataFrame:

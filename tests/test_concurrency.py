@@ -130,7 +130,7 @@ def test_two_processes_open_a_fresh_sqlite_store_at_once(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_sigterm_stops_a_worker_with_one_line_and_143(tmp_path: Path) -> None:
     script = ("from mlscale._signals import stop_on_signals\nimport time, sys\n"
-              "from mlscale.cli import _Stopped\n"
+              "from mlscale.cli._search import _Stopped\n"
               "try:\n    with stop_on_signals():\n        print('ready', flush=True)\n"
               "        time.sleep(60)\nexcept KeyboardInterrupt as stop:\n"
               "    print(_Stopped.by_signal(stop), file=sys.stderr); sys.exit(stop.exit_code)\n")

@@ -1,0 +1,101 @@
+"""The root ``mlscale`` group and what every command shares: dataset names, JSON output,
+the live status line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from mlscale.errors import MlscaleError
+
+DATASET_NAMES = ("mnist", "fashion-mnist")
+
+
+class _DatasetType(click.Choice):
+    """A built-in dataset name, or a user source ``npz:PATH``, ``imagefolder:PATH`` or
+    ``torchvision:NAME`` (checked for form here, read by the command)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> Any:
+        from mlscale.names import split_source
+
+        if isinstance(value, str) and ":" in value:
+            try:
+                split_source(value)
+            except MlscaleError as error:
+                self.fail(str(error), param, ctx)
+            return value
+        return super().convert(value, param, ctx)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+dataset_option = click.option(
+    "--dataset", type=_DatasetType(DATASET_NAMES), default="mnist", show_default=True,
+    help="Dataset to use: a built-in name, npz:PATH, imagefolder:PATH or torchvision:NAME.",
+)
+tracking_option = click.option(
+    "--tracking-uri", default=None,
+    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else mlflow.yaml).",
+)
+root_option = click.option(
+    "--root", type=click.Path(file_okay=False), default=None,
+    help="Data root (default: $MLSCALE_DATA_ROOT, else data/ in the checkout).",
+)
+
+
+def _print_json(payload: Any) -> None:
+    """Strict JSON (RFC 8259 has no NaN or Infinity): non-finite numbers print as null."""
+    click.echo(json.dumps(_finite_or_null(payload), indent=2, default=str, allow_nan=False))
+
+
+def _finite_or_null(value: Any) -> Any:
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(item) for item in value]
+    return value
+
+
+class _StatusLine:
+    """A single live line on stderr, shown only when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self.width = 0
+
+    def show(self, text: str) -> None:
+        if self.enabled:
+            click.echo("\r" + text.ljust(self.width), nl=False, err=True)
+            self.width = len(text)
+
+    def clear(self) -> None:
+        if self.enabled and self.width:
+            click.echo("\r" + " " * self.width + "\r", nl=False, err=True)
+            self.width = 0
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mlscale")
+def cli() -> None:
+    """mlscale: search, register and fit scaling laws under a FLOPs budget.
+
+    FLOPs convention everywhere: FLOPs = 2 x MACs, as counted by torch's FlopCounterMode.
+    """
+
+
+def _check_names(dataset: str | None, arch: str | None) -> None:
+    """An unknown dataset or architecture is an error, not an empty table."""
+    from mlscale.data import dataset_info
+    from mlscale.models import model_spec
+
+    if dataset is not None:
+        dataset_info(dataset)
+    if arch is not None:
+        model_spec(arch)

@@ -1,0 +1,116 @@
+"""``mlscale models`` and ``mlscale ui``: the registry as a table and in the MLflow UI."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from mlscale.cli._base import (
+    _check_names,
+    _print_json,
+    cli,
+    json_option,
+    tracking_option,
+)
+from mlscale.errors import MlscaleError
+
+if TYPE_CHECKING:
+    from mlscale.registry import MlflowSettings
+
+
+@cli.command()
+@click.option("--dataset", default=None, help="Only this dataset's models.")
+@click.option("--arch", default=None, help="Only this architecture's models.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
+@tracking_option
+@json_option
+def models(dataset: str | None, arch: str | None, as_csv: bool, tracking_uri: str | None,
+           as_json: bool) -> None:
+    """One row per registered model version with its cost card, best accuracy first."""
+    from mlscale.registry import frame_to_json, load_settings, models_frame
+
+    if as_csv and as_json:
+        raise MlscaleError("choose one of --json and --csv")
+    _check_names(dataset, arch)
+    frame = models_frame(load_settings(tracking_uri, create=False), dataset=dataset, arch=arch)
+    if as_json:
+        _print_json(frame_to_json(frame))
+    elif as_csv:
+        click.echo(frame.to_csv(index=False), nl=False)
+    else:
+        _print_models_table(frame)
+
+
+def _print_models_table(frame: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"registered models ({len(frame)} versions; FLOPs = 2 x MACs)")
+    columns = [("model", "model_uri", "{}"), ("alias", "aliases", "{}"),
+               ("params", "params", "{:,.0f}"), ("FLOPs/sample", "flops_per_sample", "{:,.0f}"),
+               ("train FLOPs", "train_flops", "{:.3g}"), ("test acc", "test_accuracy", "{:.2%}"),
+               ("test loss", "test_loss", "{:.4f}"), ("p50 ms", "latency_p50_ms", "{:.3f}"),
+               ("p90 ms", "latency_p90_ms", "{:.3f}"), ("samples/s", "throughput", "{:,.0f}")]
+    for header, _, _ in columns:
+        table.add_column(header, justify="left" if header in ("model", "alias") else "right")
+    for row in frame.to_dict("records"):
+        table.add_row(*("" if row[key] is None or row[key] != row[key] else fmt.format(row[key])
+                        for _, key, fmt in columns))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(table)
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@tracking_option
+def ui(port: int, tracking_uri: str | None) -> None:
+    """Start the MLflow UI on 127.0.0.1 against the configured store."""
+    import subprocess
+
+    from mlscale.registry import load_settings
+
+    settings = load_settings(tracking_uri, create=False)
+    if settings.tracking_uri.startswith(("http://", "https://")):
+        _point_at_server_ui(settings)
+        return
+    _check_ui_args(settings.tracking_uri, port)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri,
+               "--registry-store-uri", settings.registry_uri or settings.tracking_uri,
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    click.echo(f"MLflow UI for {settings.tracking_uri}: http://127.0.0.1:{port}/#/models "
+               "(Ctrl-C stops it)", err=True)
+    try:
+        code = subprocess.call(command)
+    except KeyboardInterrupt:
+        code = 0
+    if code:
+        raise MlscaleError(f"the MLflow UI exited with status {code} (is port {port} free?)")
+
+
+def _point_at_server_ui(settings: MlflowSettings) -> None:
+    """An MLflow tracking server serves the UI itself: check that it answers, say where."""
+    from mlscale.registry import client, mlflow_errors
+
+    with mlflow_errors(settings):
+        client(settings).search_experiments(max_results=1)
+    click.echo(f"The MLflow server {settings.tracking_uri} serves the UI itself: open "
+               f"{settings.tracking_uri.rstrip('/')}/#/models", err=True)
+
+
+def _check_ui_args(tracking_uri: str, port: int) -> None:
+    """A malformed store URI or a port in use fails here, before the UI server starts."""
+    import socket
+
+    from mlscale.registry import check_uri_scheme
+
+    check_uri_scheme(tracking_uri)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            raise MlscaleError(f"port {port} on 127.0.0.1 is not free ({error.strerror}); "
+                               "pass --port with another") from None
