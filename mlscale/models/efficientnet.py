@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torchvision.ops import Conv2dNormActivation, SqueezeExcitation
 
-from mlscale.models._registry import ModelSpec, register_model, scale_channels
+from mlscale.models._registry import family, scale_channels
 
 __all__ = ["EfficientNet", "MBConv", "efficientnet_mini"]
 
@@ -117,21 +117,15 @@ def _efficientnet(
     )
 
 
+@family(
+    width_range=(0.25, 4.0),
+    depth_range=(0, 4),
+    default_width=1.0,
+    default_depth=0,
+    description="EfficientNet-style MBConv+SE stages; depth = compound coefficient phi",
+)
 def efficientnet_mini(**kwargs: Any) -> EfficientNet:
     """EfficientNet-mini: B0-like stages of 16, 24, 40 and 80 channels, a 320-channel head."""
     return _efficientnet(
         16, [(1, 16, 1, 1), (6, 24, 2, 2), (6, 40, 2, 2), (6, 80, 2, 2)], 320, **kwargs
     )
-
-
-register_model(
-    ModelSpec(
-        name="efficientnet_mini",
-        builder=efficientnet_mini,
-        width_range=(0.25, 4.0),
-        depth_range=(0, 4),
-        default_width=1.0,
-        default_depth=0,
-        description="EfficientNet-style MBConv+SE stages; depth = compound coefficient phi",
-    )
-)

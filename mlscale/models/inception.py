@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
-from mlscale.models._registry import ModelSpec, register_model, scale_channels
+from mlscale.models._registry import family, scale_channels
 
 __all__ = ["GoogLeNet", "Inception", "inception_mini"]
 
@@ -106,19 +106,13 @@ def _googlenet(
     return GoogLeNet(scale_channels(stem_channels, width), blocks, in_channels, num_classes)
 
 
+@family(
+    width_range=(0.25, 4.0),
+    depth_range=(1, 8),
+    default_width=1.0,
+    default_depth=4,
+    description="GoogLeNet-style inception blocks; depth = number of blocks",
+)
 def inception_mini(**kwargs: Any) -> GoogLeNet:
     """Inception-mini: 32-channel stem, first blocks 16 + 24->32 + 4->8 + 8 = 64 channels."""
     return _googlenet(32, (16, 24, 32, 4, 8, 8), **kwargs)
-
-
-register_model(
-    ModelSpec(
-        name="inception_mini",
-        builder=inception_mini,
-        width_range=(0.25, 4.0),
-        depth_range=(1, 8),
-        default_width=1.0,
-        default_depth=4,
-        description="GoogLeNet-style inception blocks; depth = number of blocks",
-    )
-)

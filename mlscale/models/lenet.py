@@ -18,7 +18,7 @@ from torch import nn
 
 from mlscale.errors import MlscaleError
 from mlscale.models._fast_cpu import Conv2d, MaxPool2x2
-from mlscale.models._registry import ModelSpec, register_model, scale_channels
+from mlscale.models._registry import family, scale_channels
 
 __all__ = ["LeNet", "lenet5"]
 
@@ -87,22 +87,16 @@ def _lenet(
     )
 
 
+@family(
+    width_range=(0.1, 8.0),
+    depth_range=(1, 3),
+    default_width=1.0,
+    default_depth=1,
+    description="LeNet-5 with ReLU and max-pool; depth = convs per stage",
+    # Without batch norm this small net wants a higher peak LR than the zoo's 3e-3:
+    # 4 epochs reach 99.35% at 1e-2 against 98.99% at 3e-3 (docs/BENCHMARKS.md).
+    lr=1e-2,
+)
 def lenet5(**kwargs: Any) -> LeNet:
     """LeNet-5: 6/16 conv channels, 120/84 hidden units (``width``, ``depth`` as above)."""
     return _lenet((6, 16), (120, 84), **kwargs)
-
-
-register_model(
-    ModelSpec(
-        name="lenet5",
-        builder=lenet5,
-        width_range=(0.1, 8.0),
-        depth_range=(1, 3),
-        default_width=1.0,
-        default_depth=1,
-        description="LeNet-5 with ReLU and max-pool; depth = convs per stage",
-        # Without batch norm this small net wants a higher peak LR than the zoo's 3e-3:
-        # 4 epochs reach 99.35% at 1e-2 against 98.99% at 3e-3 (docs/BENCHMARKS.md).
-        lr=1e-2,
-    )
-)

@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 from torchvision.ops import Conv2dNormActivation
 
-from mlscale.models._registry import ModelSpec, register_model, scale_channels
+from mlscale.models._registry import family, scale_channels
 
 __all__ = ["ResNet", "resnet_mini"]
 
@@ -65,19 +65,13 @@ def _resnet(
     return ResNet([scale_channels(c, width) for c in channels], depth, in_channels, num_classes)
 
 
+@family(
+    width_range=(0.25, 4.0),
+    depth_range=(1, 9),
+    default_width=1.0,
+    default_depth=3,
+    description="CIFAR-style ResNet of BasicBlocks in 3 stages; depth = blocks per stage",
+)
 def resnet_mini(**kwargs: Any) -> ResNet:
     """ResNet-mini: stages of 16, 32 and 64 channels (ResNet-20 at depth 3)."""
     return _resnet((16, 32, 64), **kwargs)
-
-
-register_model(
-    ModelSpec(
-        name="resnet_mini",
-        builder=resnet_mini,
-        width_range=(0.25, 4.0),
-        depth_range=(1, 9),
-        default_width=1.0,
-        default_depth=3,
-        description="CIFAR-style ResNet of BasicBlocks in 3 stages; depth = blocks per stage",
-    )
-)

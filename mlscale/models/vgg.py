@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
 from mlscale.models._fast_cpu import MaxPool2x2
-from mlscale.models._registry import ModelSpec, register_model, scale_channels
+from mlscale.models._registry import family, scale_channels
 
 __all__ = ["VGG", "vgg_mini"]
 
@@ -59,19 +59,13 @@ def _vgg(
     return VGG([scale_channels(c, width) for c in channels], depth, in_channels, num_classes)
 
 
+@family(
+    width_range=(0.25, 4.0),
+    depth_range=(1, 4),
+    default_width=1.0,
+    default_depth=2,
+    description="VGG-style 3x3 conv-BN-ReLU stages; depth = convs per stage",
+)
 def vgg_mini(**kwargs: Any) -> VGG:
     """VGG-mini: stages of 32, 64 and 128 channels."""
     return _vgg((32, 64, 128), **kwargs)
-
-
-register_model(
-    ModelSpec(
-        name="vgg_mini",
-        builder=vgg_mini,
-        width_range=(0.25, 4.0),
-        depth_range=(1, 4),
-        default_width=1.0,
-        default_depth=2,
-        description="VGG-style 3x3 conv-BN-ReLU stages; depth = convs per stage",
-    )
-)

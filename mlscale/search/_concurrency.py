@@ -107,7 +107,7 @@ def admission_refusal(trial: optuna.Trial, cost: float, budget: float,
     """
     from optuna.trial import TrialState
 
-    from mlscale.search import PLANNED  # the reservation a trial holds
+    from mlscale.search._attrs import PLANNED  # the reservation a trial holds
 
     deadline = time.monotonic() + wait_s
     while True:

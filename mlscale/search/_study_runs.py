@@ -75,7 +75,7 @@ def close_orphan_runs(settings: MlflowSettings, study: optuna.Study, exp_id: str
     from optuna.trial import TrialState
 
     from mlscale.registry import FAILURE_TAG, all_pages, client
-    from mlscale.search import FAIL_REASON
+    from mlscale.search._failures import FAIL_REASON
 
     mlflow_client = client(settings)
     states = {t.number: t for t in study.get_trials(deepcopy=False)}

@@ -1,0 +1,80 @@
+"""What a trial trains: its knobs suggested from the pipeline, the sampler and the pruner."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mlscale.pipeline import KNOBS, Pipeline, Range
+from mlscale.search._concurrency import (
+    per_trial_seeds,
+)
+
+if TYPE_CHECKING:
+    import optuna
+
+
+def _suggest(trial: optuna.Trial, pipeline: Pipeline) -> dict[str, Any]:
+    family = trial.suggest_categorical("family", list(pipeline.families))
+    params: dict[str, Any] = {"family": family}
+    for knob in KNOBS:
+        spec = pipeline.knob(family, knob)
+        if spec is not None:
+            params[knob] = _suggest_range(trial, _param_name(pipeline, family, knob), knob, spec)
+    return params
+
+
+def _param_name(pipeline: Pipeline, family: str, knob: str) -> str:
+    """Optuna's name for ``knob`` in a ``family`` trial: the knob itself where the family
+    searches the shared range, else ``knob.family``. Optuna keeps one distribution kind per
+    name (and a categorical's choices fixed), so a family's own range needs its own name;
+    TPE then also models each family's override apart."""
+    own = pipeline.family_space.get(family, {}).get(knob)
+    return knob if own is None or own == pipeline.space.get(knob) else f"{knob}.{family}"
+
+
+def _knob_values(trial_params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's Optuna parameters by knob (``lr.lenet5`` is the ``lr`` knob)."""
+    return {name.partition(".")[0]: value for name, value in trial_params.items()}
+
+
+def _suggest_range(trial: optuna.Trial, name: str, knob: str, spec: Range) -> Any:
+    integer = KNOBS[knob][0]
+    if spec.values is not None:
+        return trial.suggest_categorical(name, list(spec.values))
+    low, high = spec.bounds
+    if integer:
+        return trial.suggest_int(name, int(low), int(high), log=spec.log)
+    return trial.suggest_float(name, low, high, log=spec.log)
+
+
+def _sampler(pipeline: Pipeline) -> Any:
+    """The pipeline's sampler, each trial's proposal a function of the seed and its number."""
+    import optuna
+
+    if pipeline.sampler == "grid":
+        # Optuna's grid already gives trial n the n-th point of one seeded permutation.
+        space: dict[str, list[Any]] = {"family": list(pipeline.families)}
+        space |= {k: list(r.values or ()) for k, r in pipeline.space.items()}
+        return optuna.samplers.GridSampler(space, seed=pipeline.seed)
+
+    def make(seed: int) -> optuna.samplers.BaseSampler:
+        if pipeline.sampler == "tpe":
+            # The constant liar counts other workers' running trials as bad results, so
+            # parallel workers explore apart; one worker has none, and is unchanged.
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+        return {"random": optuna.samplers.RandomSampler,
+                "nsga2": optuna.samplers.NSGAIISampler}[pipeline.sampler](seed=seed)
+
+    return per_trial_seeds(make, pipeline.seed)
+
+
+def _pruner(pipeline: Pipeline) -> Any:
+    import optuna
+
+    if pipeline.pruner == "median":
+        # Not before the second validation: the first comes right after the LR warm-up.
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if pipeline.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=pipeline.evaluations
+                                              or "auto", reduction_factor=3)
+    return optuna.pruners.NopPruner()

@@ -1,0 +1,327 @@
+"""``run_search``: open the study, resume it, run trials until the budget is spent."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlscale._signals import deferred_signals
+from mlscale.errors import MlscaleError, first_line
+from mlscale.pipeline import Pipeline
+from mlscale.search._attrs import (
+    COST_PRUNE_LIMIT,
+    FAILURE_LIMIT,
+    PARENT_RUN,
+    PRUNE_REASON,
+    RUN_ID,
+    SPENT,
+    STORE_WAIT_S,
+    stale_after_s,
+)
+from mlscale.search._concurrency import (
+    masked_url,
+    open_study,
+    shared_parent_run,
+    store_error,
+)
+from mlscale.search._costs import _min_trial_cost, _spent_flops, committed_flops
+from mlscale.search._failures import FAIL_REASON, repeated_failure
+from mlscale.search._objective import _mark_run, _Objective
+from mlscale.search._proposals import _knob_values, _pruner, _sampler
+from mlscale.search._summary import SearchProgress, SearchSummary, _log_plots, _summarise
+
+if TYPE_CHECKING:
+    import optuna
+
+    from mlscale.data import Splits
+    from mlscale.registry import MlflowSettings
+    from mlscale.train import Progress
+
+
+def default_storage() -> str:
+    """``registry/optuna.db`` beside ``mlflow.yaml`` (the checkout), else in the cwd."""
+    checkout = Path(__file__).resolve().parents[1]
+    base = checkout if (checkout / "mlflow.yaml").is_file() else Path.cwd()
+    (base / "registry").mkdir(exist_ok=True)
+    return f"sqlite:///{base / 'registry' / 'optuna.db'}"
+
+
+def _storage(url: str, heartbeat_interval: int, on_stale: Callable[..., None]) -> Any:
+    import optuna
+    from filelock import FileLock
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    if "://" not in url:
+        raise MlscaleError(f"storage URL '{url}' is not an SQLAlchemy URL such as "
+                           "sqlite:///path.db or postgresql://user@host/db")
+    _check_driver(url)
+    # Two workers creating a fresh SQLite schema at once collide: one at a time per file.
+    # On a server database the loser of that race sees the winner's tables on a retry.
+    lock = (FileLock(url.removeprefix("sqlite:///") + ".lock", timeout=300)
+            if url.startswith("sqlite:///") else contextlib.nullcontext())
+    for attempt in range(3):
+        try:
+            with lock, warnings.catch_warnings():  # heartbeats are "experimental" to Optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=heartbeat_interval,
+                    grace_period=stale_after_s(heartbeat_interval),
+                    heartbeat_stale_trial_callback=on_stale)
+        except (IntegrityError, ProgrammingError) as error:
+            if attempt == 2:
+                raise store_error(url, error) from None
+            time.sleep(0.5)
+        except Exception as error:  # SQLAlchemy's many connection/URL errors
+            raise store_error(url, error) from None
+    raise AssertionError("unreachable")
+
+
+def _check_driver(url: str) -> None:
+    """``postgresql://`` means psycopg (version 3) to SQLAlchemy 2.1, and mlscale's
+    ``postgres`` extra installs exactly that driver, so the plain URL needs no rewriting
+    (and ``mlflow server`` reads the same URL the same way)."""
+    import importlib.util
+
+    if url.startswith(("postgresql://", "postgresql+psycopg://")) and \
+            importlib.util.find_spec("psycopg") is None:
+        raise MlscaleError(f"storage {url.split('://')[0]}:// needs the psycopg driver: "
+                           "pip install -e '.[postgres]'")
+
+
+def run_search(
+    pipeline: Pipeline,
+    settings: MlflowSettings,
+    *,
+    storage: str | None = None,
+    study_name: str | None = None,
+    data: Splits | None = None,
+    heartbeat_interval: int = 10,
+    on_progress: Callable[[SearchProgress], None] | None = None,
+    on_training: Callable[[Progress], None] | None = None,
+) -> SearchSummary:
+    """Run (or resume) the pipeline's search until its FLOPs budget is spent.
+
+    Any number of processes may run this on the same ``storage`` and ``study_name``:
+    each trial's planned cost is reserved in the storage before it trains, a trial with
+    the parameters of a finished or running one is refused, and all share one parent run.
+    A KeyboardInterrupt (or a signal turned into one) fails the running trial with the
+    reason ``interrupted`` and kills its run before it propagates.
+    """
+    import optuna
+
+    from mlscale.data import load
+    from mlscale.registry import experiment_id
+    from mlscale.search._study_runs import close_orphan_runs, create_parent_run, resume_parent_run
+
+    # Errors only: a failed trial's reason is its user attribute and the progress line,
+    # not Optuna's warning with the traceback.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage_url = storage or default_storage()
+    name = study_name or pipeline.name
+
+    def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        _mark_run(settings, trial.user_attrs.get(RUN_ID), "FAILED", "mlscale.failure",
+                  "the worker running this trial stopped (no heartbeat)")
+
+    rdb = _storage(storage_url, heartbeat_interval, on_stale)
+    directions = [optuna.study.StudyDirection.MINIMIZE] * len(pipeline.objectives)
+
+    def new_parent_run() -> str:
+        return create_parent_run(
+            settings, exp_id, name,
+            {"mlscale.study": name, "mlscale.storage": masked_url(storage_url)},
+            {"pipeline": pipeline.source or pipeline.name,
+             "budget_flops": pipeline.budget_flops, "sampler": pipeline.sampler,
+             "pruner": pipeline.pruner, "objectives": ",".join(pipeline.objectives),
+             "families": ",".join(pipeline.families)})
+
+    # The study's creator names its parent run before a signal can stop it in between.
+    with deferred_signals():
+        try:
+            study, created = open_study(rdb, name, directions)
+        except ValueError as error:
+            raise MlscaleError(f"study {name}: {error}") from None
+        except Exception as error:  # the database went away after it opened
+            raise store_error(storage_url, error) from None
+        if list(study.directions) != directions:
+            raise MlscaleError(f"study {name} exists with other objectives; pass --study NEW")
+        exp_id = experiment_id(settings, settings.experiment_name(pipeline.dataset))
+        if created:
+            parent_run_id = shared_parent_run(study, True, PARENT_RUN, new_parent_run)
+    if not created:
+        parent_run_id = shared_parent_run(study, False, PARENT_RUN, new_parent_run)
+    study.sampler = _sampler(pipeline)
+    study.pruner = _pruner(pipeline)
+    data = data if data is not None else load(pipeline.dataset)
+    resume_parent_run(settings, parent_run_id)
+    close_orphan_runs(settings, study, exp_id, parent_run_id)
+    objective = _Objective(pipeline, settings, data, parent_run_id, name, on_training)
+    objective.cost_prunes_in_a_row = _unaffordable_tail(study, pipeline)
+    min_cost = _min_trial_cost(pipeline, objective.costs)
+    status = "FAILED"
+    try:
+        while _should_continue(study, pipeline, objective, min_cost):
+            _optimize_one(study, objective, heartbeat_interval)
+            _after_trial(study, objective)
+            if on_progress is not None:
+                on_progress(_progress(study, pipeline))
+            if (reason := repeated_failure(study)) is not None:
+                status = "FAILED"
+                raise MlscaleError(f"search stopped: its last trials all failed with: {reason}")
+        summary = _summarise(study, pipeline, storage_url, parent_run_id)
+        status = "FINISHED"
+        return summary
+    except KeyboardInterrupt:
+        status = "KILLED"
+        _fail_interrupted(objective)
+        raise
+    finally:
+        close_orphan_runs(settings, study, exp_id, parent_run_id)
+        if status == "FINISHED":
+            _close_parent(settings, study, pipeline, storage_url, parent_run_id, status)
+        else:  # already failing: what the store says now must not hide why
+            with contextlib.suppress(Exception):
+                _close_parent(settings, study, pipeline, storage_url, parent_run_id, status)
+
+
+def _optimize_one(study: optuna.Study, objective: _Objective, heartbeat_interval: int) -> None:
+    """One trial. Where another worker failed it as stale while this one still ran it
+    (its heartbeat lagged past the grace period), Optuna refuses the result: say so and go
+    on. Its MLflow run and registered model stay; its planned cost stays counted."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        study.optimize(objective, n_trials=1, catch=(MlscaleError,))
+    except (ValueError, UpdateFinishedTrialError) as error:  # Optuna's two refusals
+        taken = objective.current_trial
+        if taken is None or not study.get_trials(deepcopy=False)[taken.number].state.is_finished():
+            raise
+        print(f"warning: trial {taken.number} was failed by another worker (no heartbeat for "
+              f"{stale_after_s(heartbeat_interval)} s) while this one ran it "
+              f"({first_line(error, 120)}); its MLflow run is kept and the search goes on",
+              file=sys.stderr)
+
+
+def _close_parent(settings: MlflowSettings, study: optuna.Study, pipeline: Pipeline,
+                  storage_url: str, parent_run_id: str, status: str) -> None:
+    """If no other worker still trains: the summary and plots to the parent run, ended."""
+    from mlscale.registry import client, mlflow_errors
+    from mlscale.search._study_runs import others_running
+
+    if others_running(study):
+        return
+    mlflow_client = client(settings)
+    with mlflow_errors(settings):
+        summary = _summarise(study, pipeline, storage_url, parent_run_id)
+        summary.plots = _log_plots(study, pipeline, mlflow_client, parent_run_id)
+        mlflow_client.log_dict(parent_run_id, summary.to_dict(), "search_summary.json")
+        mlflow_client.log_metric(parent_run_id, "flops_spent", summary.flops_spent)
+        mlflow_client.log_metric(parent_run_id, "trials_complete",
+                                 summary.n_trials.get("COMPLETE", 0))
+        mlflow_client.set_terminated(parent_run_id, status)
+
+
+def _after_trial(study: optuna.Study, objective: _Objective) -> None:
+    """Count failures in a row: back off (1, 2, 4, 8 s, then until the MLflow store
+    answers) and stop after FAILURE_LIMIT."""
+    from optuna.trial import TrialState
+
+    trial = objective.current_trial
+    frozen = next((t for t in study.get_trials(deepcopy=False)
+                   if trial is not None and t.number == trial.number), None)
+    if frozen is None:
+        return
+    if frozen.state != TrialState.FAIL:
+        objective.failures_in_a_row = 0
+        return
+    objective.failures_in_a_row += 1
+    reason = frozen.user_attrs.get(FAIL_REASON, "unknown")
+    if objective.failures_in_a_row >= FAILURE_LIMIT:
+        raise MlscaleError(f"{FAILURE_LIMIT} trials in a row failed; the last (trial "
+                           f"{frozen.number}): {reason}")
+    time.sleep(2 ** (objective.failures_in_a_row - 1))
+    _wait_for_tracking(objective.settings)
+
+
+def _wait_for_tracking(settings: MlflowSettings) -> None:
+    """Return once the MLflow store answers; fail after STORE_WAIT_S of silence."""
+    from mlscale.registry import client
+
+    deadline = time.monotonic() + STORE_WAIT_S
+    while True:
+        try:
+            client(settings).search_experiments(max_results=1)
+            return
+        except Exception as error:  # MlscaleError, or the client's own connection error
+            if time.monotonic() > deadline:
+                raise MlscaleError(f"MLflow store {settings.tracking_uri} did not answer for "
+                                   f"{STORE_WAIT_S:g} s: {first_line(error, 200)}"
+                                   ) from None
+            time.sleep(2)
+
+
+def _fail_interrupted(objective: _Objective) -> None:
+    """The interrupted trial FAIL, even where Optuna had not yet or no longer held it."""
+    from optuna.trial import TrialState
+
+    trial = objective.current_trial
+    if trial is None:
+        return
+    with contextlib.suppress(Exception):  # already told: Optuna failed it itself
+        if FAIL_REASON not in trial.user_attrs:
+            trial.set_user_attr(FAIL_REASON, "interrupted")
+        trial.study.tell(trial, state=TrialState.FAIL)
+
+
+def _unaffordable_tail(study: optuna.Study, pipeline: Pipeline) -> int:
+    """How many of the study's last trials were refused for a cost that is still above
+    what is left: a resumed search that ended on COST_PRUNE_LIMIT stays ended, while a
+    raised budget (which makes them affordable) starts the count again."""
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    remaining = pipeline.budget_flops - committed_flops(trials)
+    tail = 0
+    for trial in reversed(trials):
+        refused = str(trial.user_attrs.get(PRUNE_REASON, "")).startswith("cost")
+        if not refused or trial.user_attrs.get("cost_flops", 0.0) <= remaining:
+            break
+        tail += 1
+    return tail
+
+
+def _should_continue(study: optuna.Study, pipeline: Pipeline, objective: _Objective,
+                     min_cost: float) -> bool:
+    remaining = pipeline.budget_flops - committed_flops(study.get_trials(deepcopy=False))
+    if remaining < min_cost or objective.cost_prunes_in_a_row >= COST_PRUNE_LIMIT:
+        return False
+    sampler = study.sampler
+    return not (hasattr(sampler, "is_exhausted") and sampler.is_exhausted(study))
+
+
+def _progress(study: optuna.Study, pipeline: Pipeline) -> SearchProgress:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    last = trials[-1] if trials else None
+    message = ""
+    if last is not None:
+        attrs = last.user_attrs
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in _knob_values(last.params).items())
+        if last.state == TrialState.COMPLETE:
+            message = (f"trial {last.number} ({params}): val loss {last.values[0]:.4f}, "
+                       f"test acc {attrs.get('test_accuracy', 0):.2%}, "
+                       f"{attrs.get(SPENT, 0):.3g} FLOPs")
+        else:
+            why = attrs.get(PRUNE_REASON, attrs.get(FAIL_REASON))
+            message = (f"trial {last.number} ({params}): {last.state.name.lower()}"
+                       + (f" ({why})" if why else ""))
+    best = min((t.values[0] for t in complete), default=None)
+    return SearchProgress(dict(Counter(t.state.name for t in trials)), _spent_flops(trials),
+                          pipeline.budget_flops, best, message)
