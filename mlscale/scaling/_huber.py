@@ -18,7 +18,7 @@ from statsmodels.regression.quantile_regression import QuantReg
 from statsmodels.tools.sm_exceptions import IterationLimitWarning
 from threadpoolctl import threadpool_limits
 
-from mlscale.scaling._laws import Law, effective_data, effective_data_grad
+from mlscale.scaling._laws import Law, effective_data, effective_data_grad, log_prediction
 
 __all__ = ["Problem", "bootstrap_thetas", "fit_theta", "lad_covariance", "polish"]
 
@@ -100,17 +100,17 @@ class Problem:
     def predict_jacobian(self, theta: NDArray[np.float64]
                          ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """log L-hat at ``theta`` and its Jacobian d log L-hat / d theta (points x params)."""
-        z = self.terms(theta[None, :])[0]
-        pred, weights = _logsumexp(z, axis=0)
+        n_points = self.log_y.size
+        log_xs = [np.ravel(np.broadcast_to(lx, (1, n_points)))
+                  for lx in self._log_xs(theta[None, :])]
+        pred, core = log_prediction(theta, log_xs)
         n_terms = len(self.law.terms)
-        jac = np.empty((self.log_y.size, self.n_params))
-        jac[:, : 1 + n_terms] = weights.T
-        for j, lx in enumerate(self._log_xs(theta[None, :])):
-            jac[:, 1 + n_terms + j] = -weights[1 + j] * np.ravel(lx)
+        jac = np.empty((n_points, self.n_params))
+        jac[:, : 1 + 2 * n_terms] = core.T
         if self.samples is not None and self.unique is not None:
             j = self._d_term()
             grad = effective_data_grad(self.samples, self.unique, float(np.exp(theta[-1])))
-            jac[:, -1] = -weights[1 + j] * theta[1 + n_terms + j] * grad
+            jac[:, -1] = -core[1 + j] * theta[1 + n_terms + j] * grad
         return pred, jac
 
     def objective(self, theta: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:

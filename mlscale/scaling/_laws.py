@@ -7,6 +7,7 @@ of terms linear in theta (see docs/SCALING_MATH.md).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +15,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from mlscale.errors import MlscaleError
 
-__all__ = ["LAWS", "R_STAR", "Law", "effective_data", "effective_data_grad"]
+__all__ = ["LAWS", "R_STAR", "Law", "effective_data", "effective_data_grad", "log_prediction"]
 
 R_STAR = 15.4  # Muennighoff et al. 2023's fitted R_D*: repetitions at which data has half-decayed
 
@@ -37,6 +38,14 @@ class Law:
         """Public order: constant, amplitudes, exponents (``E, A, B, alpha, beta``)."""
         return [self.const, *(amp for amp, _, _ in self.terms), *(exp for _, exp, _ in self.terms)]
 
+    def evaluate(self, params: Mapping[str, float], xs: Mapping[str, ArrayLike]
+                 ) -> NDArray[np.float64]:
+        """L = constant + sum of amplitude * x ** -exponent, at public parameters."""
+        loss: NDArray[np.float64] = np.asarray(params[self.const], dtype=float)
+        for amp, exp, var in self.terms:
+            loss = loss + params[amp] * np.asarray(xs[var], dtype=float) ** -params[exp]
+        return loss
+
 
 LAWS: dict[str, Law] = {
     "n": Law("n", "L(N) = L_inf + A * N^-alpha", "L_inf", (("A", "alpha", "N"),)),
@@ -46,6 +55,29 @@ LAWS: dict[str, Law] = {
     "c": Law("c", "L(C) = L_inf + K * C^-gamma (compute-optimal frontier)", "L_inf",
              (("K", "gamma", "C"),)),
 }
+
+
+def log_prediction(theta: NDArray[np.float64], log_xs: Sequence[ArrayLike]
+                   ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """log L at one internal ``theta`` and its Jacobian over (e, c_j, p_j), given log x
+    per term: the one evaluator the Huber fit, the intervals and the bands share.
+
+    The Jacobian has shape (1 + 2T, *shape of the broadcast log x); a fitted R*'s column
+    (log D' depends on it) is the caller's.
+    """
+    n_terms = len(log_xs)
+    logs = np.broadcast_arrays(*(np.asarray(lx, dtype=float) for lx in log_xs))
+    z = np.stack([np.full(logs[0].shape, theta[0])]
+                 + [theta[1 + j] - theta[1 + n_terms + j] * lx for j, lx in enumerate(logs)])
+    shift = z.max(axis=0)
+    weights = np.exp(z - shift)
+    total = weights.sum(axis=0)
+    weights /= total
+    jac = np.empty((1 + 2 * n_terms, *logs[0].shape))
+    jac[: 1 + n_terms] = weights
+    for j, lx in enumerate(logs):
+        jac[1 + n_terms + j] = -weights[1 + j] * lx
+    return shift + np.log(total), jac
 
 
 def effective_data(samples_seen: ArrayLike, unique: ArrayLike, r_star: float = R_STAR

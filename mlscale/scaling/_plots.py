@@ -28,11 +28,7 @@ def _band(fit: ScalingFit, grid: dict[str, np.ndarray], alpha: float = 0.05
     names = fit.param_names
     curves = []
     for row in samples:
-        theta = dict(zip(names, row, strict=True))
-        loss = np.full_like(next(iter(grid.values())), theta[fit.law.const], dtype=float)
-        for amp, exp, var in fit.law.terms:
-            loss = loss + theta[amp] * grid[var] ** -theta[exp]
-        curves.append(loss)
+        curves.append(fit.law.evaluate(dict(zip(names, row, strict=True)), grid))
     lower, upper = np.nanquantile(np.array(curves), [alpha / 2, 1 - alpha / 2], axis=0)
     return lower, upper
 

@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.special import ndtri, stdtrit
 
 from mlscale.errors import MlscaleError
-from mlscale.scaling._laws import LAWS, Law, effective_data
+from mlscale.scaling._laws import LAWS, Law, effective_data, log_prediction
 
 __all__ = ["ScalingFit"]
 
@@ -116,9 +116,8 @@ class ScalingFit:
         prediction never credits repeated data as new.
         """
         given = {"N": N, "D": D, "C": C}
-        params = self.params
-        loss: NDArray[np.float64] = np.asarray(params[self.law.const], dtype=float)
-        for amp, exp, var in self.law.terms:
+        xs = {}
+        for _, _, var in self.law.terms:
             value = given[var]
             if value is None:
                 raise MlscaleError(f"law {self.law.name!r} needs {var}= to predict")
@@ -127,8 +126,8 @@ class ScalingFit:
                 raise MlscaleError(f"{var} must be positive and not NaN to predict")
             if var == "D" and unique is not None:
                 x = effective_data(x, unique, self.r_star)
-            loss = loss + params[amp] * x ** -params[exp]
-        return loss
+            xs[var] = x
+        return self.law.evaluate(self.params, xs)
 
     def predict_interval(self, N: ArrayLike | None = None, D: ArrayLike | None = None,
                          C: ArrayLike | None = None, *, unique: ArrayLike | None = None,
@@ -147,23 +146,15 @@ class ScalingFit:
             raise MlscaleError(f"alpha must be in (0, 1), got {alpha}")
         value = self.predict(N=N, D=D, C=C, unique=unique)
         given = {"N": N, "D": D, "C": C}
-        n_terms = len(self.law.terms)
         log_xs = []
         for _, _, var in self.law.terms:
             x = np.asarray(given[var], dtype=float)
             if var == "D" and unique is not None:
                 x = effective_data(x, unique, self.r_star)
             log_xs.append(np.log(x))
-        shape = np.broadcast_shapes(*(lx.shape for lx in log_xs))
-        z = np.stack([np.full(shape, self.theta[0])] + [
-            np.broadcast_to(self.theta[1 + j] - self.theta[1 + n_terms + j] * lx, shape)
-            for j, lx in enumerate(log_xs)])
-        weights = np.exp(z - z.max(axis=0))
-        weights /= weights.sum(axis=0)
-        jac = np.zeros((self.theta.size, *shape))
-        jac[: 1 + n_terms] = weights
-        for j, lx in enumerate(log_xs):
-            jac[1 + n_terms + j] = -weights[1 + j] * lx
+        _, core = log_prediction(self.theta, log_xs)
+        jac = np.zeros((self.theta.size, *core.shape[1:]))  # R*, if fitted, held fixed
+        jac[: core.shape[0]] = core
         variance = np.einsum("i...,ij,j...->...", jac, self.cov_theta, jac)
         df = self.nobs - self.theta.size
         if df < 1:
