@@ -12,6 +12,7 @@ ModelCost(params=61706, flops_per_sample=833040, train_flops_per_sample=2263920)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Sequence
@@ -22,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["ModelCost", "count_params", "forward_flops", "measure_model", "train_flops"]
+__all__ = ["ModelCost", "cost_of", "count_params", "forward_flops", "measure_model",
+           "train_flops"]
 
 _BATCH = 2  # samples per measured pass; batch norm needs more than one in train mode
 
@@ -76,6 +78,19 @@ def measure_model(
         flops_per_sample=forward_flops(model, input_shape),
         train_flops_per_sample=train_flops(model, input_shape, num_classes),
     )
+
+
+def cost_of(arch: str, width: float | None, depth: int | None,
+            input_shape: tuple[int, int, int], num_classes: int, *, meta: bool = False
+            ) -> ModelCost:
+    """The cost of family ``arch`` at its dials, built for ``input_shape`` and
+    ``num_classes``; ``meta`` builds it on the meta device (shapes only, no memory)."""
+    from mlscale.models import get_model
+
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        model = get_model(arch, width=width, depth=depth, in_channels=input_shape[0],
+                          num_classes=num_classes, image_size=input_shape[1])
+    return measure_model(model, input_shape, num_classes)
 
 
 def _conv_backward_flop(

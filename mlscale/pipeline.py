@@ -189,17 +189,14 @@ def _check_trial_flops_buy_a_sample(dataset: str, families: tuple[str, ...],
                                     family_space: Mapping[str, Mapping[str, Range]]) -> None:
     """The lowest per-trial train_flops must pay for one sample of the cheapest model."""
     from mlscale.data import dataset_info
-    from mlscale.measure import measure_model
-    from mlscale.models import get_model
+    from mlscale.measure import cost_of
 
     info = dataset_info(dataset)
     cheapest = math.inf
     for family in families:
         width = (family_space[family].get("width") or space["width"]).bounds[0]
         depth = (family_space[family].get("depth") or space["depth"]).bounds[0]
-        model = get_model(family, width=width, depth=int(depth), in_channels=info.input_shape[0],
-                          num_classes=info.num_classes, image_size=info.input_shape[1])
-        cost = measure_model(model, info.input_shape, info.num_classes)
+        cost = cost_of(family, width, int(depth), info.input_shape, info.num_classes)
         cheapest = min(cheapest, cost.train_flops_per_sample)
     lowest = space["train_flops"].bounds[0]
     if lowest < cheapest:

@@ -247,10 +247,9 @@ def measured_grid(family: str, input_shape: tuple[int, int, int],
     registered runs span). Cached per family, keyed by the family's and the measurement's
     source code.
     """
-    import torch
 
     from mlscale import measure
-    from mlscale.models import get_model, model_spec
+    from mlscale.models import model_spec
 
     spec = model_spec(family)
     builder = inspect.unwrap(spec.builder)
@@ -277,10 +276,8 @@ def measured_grid(family: str, input_shape: tuple[int, int, int],
               "configurations; cached)")
     for depth in range(d_lo, d_hi + 1):
         for width in widths:
-            with torch.device("meta"):  # shapes only: no memory, no initialisation
-                model = get_model(family, width=width, depth=depth, in_channels=input_shape[0],
-                                  num_classes=num_classes, image_size=input_shape[1])
-            cost = measure.measure_model(model, input_shape, num_classes)
+            # on the meta device: shapes only, no memory, no initialisation
+            cost = measure.cost_of(family, width, depth, input_shape, num_classes, meta=True)
             rows.append({"width": width, "depth": depth, "params": cost.params,
                          "flops_per_sample": cost.flops_per_sample,
                          "train_flops_per_sample": cost.train_flops_per_sample})

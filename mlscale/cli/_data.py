@@ -72,8 +72,8 @@ def zoo(arch: str | None, width: float | None, depth: int | None, dataset: str,
         as_json: bool) -> None:
     """List the model families, or measure one model's params and FLOPs."""
     from mlscale.data import dataset_info
-    from mlscale.measure import measure_model
-    from mlscale.models import get_model, list_models, model_spec
+    from mlscale.measure import cost_of
+    from mlscale.models import list_models, model_spec
 
     if arch is None and (width is not None or depth is not None):
         raise MlscaleError("--width and --depth need --arch")
@@ -82,9 +82,7 @@ def zoo(arch: str | None, width: float | None, depth: int | None, dataset: str,
     for name in [arch] if arch else list_models():
         spec = model_spec(name)
         w, d = spec.resolve(width, depth)
-        model = get_model(name, width=w, depth=d, in_channels=info.input_shape[0],
-                          num_classes=info.num_classes, image_size=info.input_shape[1])
-        cost = measure_model(model, info.input_shape, info.num_classes)
+        cost = cost_of(name, w, d, info.input_shape, info.num_classes)
         rows.append({
             "arch": name, "width": w, "depth": d, "params": cost.params,
             "flops_per_sample": cost.flops_per_sample,

@@ -22,16 +22,12 @@ class _Costs:
         self.cache: dict[tuple[str, float, int], int] = {}
 
     def per_sample(self, family: str, width: float, depth: int) -> int:
-        from mlscale.measure import measure_model
-        from mlscale.models import get_model
+        from mlscale.measure import cost_of
 
         key = (family, float(width), int(depth))
         if key not in self.cache:
-            channels, size, _ = self.info.input_shape
-            model = get_model(family, width=width, depth=depth, in_channels=channels,
-                              num_classes=self.info.num_classes, image_size=size)
-            self.cache[key] = measure_model(model, self.info.input_shape,
-                                            self.info.num_classes).train_flops_per_sample
+            self.cache[key] = cost_of(family, width, depth, self.info.input_shape,
+                                      self.info.num_classes).train_flops_per_sample
         return self.cache[key]
 
 
