@@ -280,9 +280,11 @@ def parse_pipeline(raw: Any, source: str = "<pipeline>") -> Pipeline:
         if ranged:
             raise MlscaleError(f"sampler grid: every knob needs a list of values; "
                                f"{ranged[0]} has a range")
-        if any(family_space.values()):
-            raise MlscaleError("sampler grid: per-family ranges are not supported; put width "
-                               "and depth values in search_space")
+        several = [f"families.{f}.{k}" for f, s in family_space.items() for k, r in s.items()
+                   if len(r.values or ()) != 1]
+        if several:  # the grid is a product: a family's own list would multiply every other's
+            raise MlscaleError(f"sampler grid: a family's own knob takes one value; "
+                               f"{several[0]} has several (list them in search_space)")
     name = raw["name"]
     if not isinstance(name, str) or not name.strip():
         raise MlscaleError(f"name: expected a non-empty string, got {name!r}")

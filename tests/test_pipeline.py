@@ -86,6 +86,31 @@ def test_a_family_may_have_its_own_lr_range_or_none() -> None:
     assert parse_pipeline(raw).knob("resnet_mini", "lr") is None
 
 
+def _grid(families: dict[str, Any]) -> dict[str, Any]:
+    return _valid() | {"sampler": "grid", "pruner": "none", "families": families,
+                       "search_space": {"width": [0.5, 1.0], "depth": [1],
+                                        "train_size": [500, 1000], "epochs": [1]}}
+
+
+def test_a_grid_gives_each_family_its_own_fixed_lr_and_visits_each_point_once() -> None:
+    pipeline = parse_pipeline(_grid({"lenet5": {"lr": [3e-2]}, "resnet_mini": {"lr": [1e-2]}}))
+    study = optuna.create_study(sampler=_sampler(pipeline))
+    points = []
+    for _ in range(7):  # of 2 families x 2 widths x 2 train sizes (the 8th stops the study)
+        trial = study.ask()
+        params = _suggest(trial, pipeline)
+        points.append((params["family"], params["width"], params["train_size"], params["lr"]))
+        study.tell(trial, 1.0)
+    assert len(set(points)) == 7
+    assert {(family, lr) for family, *_, lr in points} == {("lenet5", 3e-2),
+                                                             ("resnet_mini", 1e-2)}
+
+
+def test_a_grid_refuses_a_family_list_of_several_values() -> None:
+    with pytest.raises(MlscaleError, match=r"families\.lenet5\.lr has several"):
+        parse_pipeline(_grid({"lenet5": {"lr": [1e-2, 3e-2]}, "resnet_mini": {}}))
+
+
 def test_the_main_job_grids_span_10x_in_params_and_data() -> None:
     from mlscale.measure import count_params
     from mlscale.models import get_model

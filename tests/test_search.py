@@ -247,3 +247,19 @@ def test_search_json_and_bad_input(fresh_store: str, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["search", str(pipeline), "--budget-flops", "-1"])
     assert result.exit_code != 0
     assert "'-1' is not a positive finite number" in result.output
+
+
+@pytest.mark.slow
+def test_two_local_workers_print_their_trials_and_one_summary(fresh_store: str,
+                                                              tmp_path: Path) -> None:
+    grid = {"width": [0.5, 1.0], "depth": [1], "train_size": [400, 800], "epochs": [1]}
+    pipeline = _write_pipeline(tmp_path, sampler="grid", pruner="none", budget_flops=1e11,
+                               search_space=grid)
+    done = subprocess.run(_search_command(pipeline, _storage(tmp_path), "--workers", "2"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    finished = [line for line in done.stdout.splitlines()
+                if line.startswith("trial ") and "test acc" in line]
+    assert len(finished) == 4, done.stdout  # each grid point trained once, by either worker
+    assert done.stdout.count("study tiny: 4 complete") == 1, done.stdout
+    assert done.stdout.count("best per family") == 1, done.stdout

@@ -241,7 +241,7 @@ def measured_grid(family: str, input_shape: tuple[int, int, int],
                   on_status: Callable[[str], None] = lambda _: None, num_classes: int = 10,
                   open_bounds: tuple[tuple[float, float], tuple[int, int]] | None = None
                   ) -> pd.DataFrame:
-    """Params and FLOPs of ``family`` over its dial grid, measured on the meta device.
+    """Params and FLOPs of ``family`` over its dial grid, measured (``measure.cost_of``).
 
     A user family whose ranges are open is measured over ``open_bounds`` (the dials its
     registered runs span). Cached per family, keyed by the family's and the measurement's
@@ -276,8 +276,7 @@ def measured_grid(family: str, input_shape: tuple[int, int, int],
               "configurations; cached)")
     for depth in range(d_lo, d_hi + 1):
         for width in widths:
-            # on the meta device: shapes only, no memory, no initialisation
-            cost = measure.cost_of(family, width, depth, input_shape, num_classes, meta=True)
+            cost = measure.cost_of(family, width, depth, input_shape, num_classes)
             rows.append({"width": width, "depth": depth, "params": cost.params,
                          "flops_per_sample": cost.flops_per_sample,
                          "train_flops_per_sample": cost.train_flops_per_sample})

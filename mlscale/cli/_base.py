@@ -92,10 +92,11 @@ def cli() -> None:
 
 def _check_names(dataset: str | None, arch: str | None) -> None:
     """An unknown dataset or architecture is an error, not an empty table."""
-    from mlscale.data import dataset_info
-    from mlscale.models import model_spec
-
     if dataset is not None:
+        from mlscale.data import dataset_info
+
         dataset_info(dataset)
-    if arch is not None:
+    if arch is not None:  # imported only here: the zoo imports torch and torchvision (6 s)
+        from mlscale.models import model_spec
+
         model_spec(arch)

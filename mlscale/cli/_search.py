@@ -31,11 +31,13 @@ from mlscale.errors import MlscaleError
                    "(at least 10 s) is failed.")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Worker processes on this machine, each with cores / N torch threads.")
+# What --workers passes its children: they print their trials, it prints the one summary.
+@click.option("--summary/--no-summary", "print_summary", default=True, hidden=True)
 @tracking_option
 @json_option
 def search(pipeline: str, budget_flops: float | None, storage: str | None,
-           study_name: str | None, heartbeat: int, workers: int, tracking_uri: str | None,
-           as_json: bool) -> None:
+           study_name: str | None, heartbeat: int, workers: int, print_summary: bool,
+           tracking_uri: str | None, as_json: bool) -> None:
     """Search the zoo under a FLOPs budget as PIPELINE (a pipelines/*.yaml file) defines.
 
     Running the same command again resumes the study; start it N times (on N machines,
@@ -53,6 +55,10 @@ def search(pipeline: str, budget_flops: float | None, storage: str | None,
     if workers > 1:
         _search_in_workers(workers, pipeline, budget_flops, storage, study_name, heartbeat,
                            tracking_uri, as_json)
+        if not as_json:
+            from mlscale.search import study_summary
+
+            _print_search_summary(study_summary(spec, storage=storage, study_name=study_name))
         return
     status = _StatusLine()
     ledger = {"line": f"budget {spec.budget_flops:.3g} FLOPs"}
@@ -85,8 +91,8 @@ def search(pipeline: str, budget_flops: float | None, storage: str | None,
     status.clear()
     if as_json:
         _print_json(summary.to_dict())
-        return
-    _print_search_summary(summary)
+    elif print_summary:
+        _print_search_summary(summary)
 
 
 def _search_in_workers(workers: int, pipeline: str, budget_flops: float | None,
@@ -94,12 +100,12 @@ def _search_in_workers(workers: int, pipeline: str, budget_flops: float | None,
                        tracking_uri: str | None, as_json: bool) -> None:
     from mlscale._local_workers import run_workers
 
-    args = [pipeline, "--heartbeat", str(heartbeat)]
+    args = [pipeline, "--heartbeat", str(heartbeat), "--json" if as_json else "--no-summary"]
     for flag, value in (("--budget-flops", budget_flops), ("--storage", storage),
                         ("--study", study_name), ("--tracking-uri", tracking_uri)):
         if value is not None:
             args += [flag, repr(value) if isinstance(value, float) else value]
-    code, outputs = run_workers(workers, args + (["--json"] if as_json else []), as_json)
+    code, outputs = run_workers(workers, args, as_json)
     if as_json:
         _print_json({"workers": [json.loads(out) if out.strip() else None
                                  for out in outputs], "exit_code": code})

@@ -55,6 +55,8 @@ def _sampler(pipeline: Pipeline) -> Any:
         # Optuna's grid already gives trial n the n-th point of one seeded permutation.
         space: dict[str, list[Any]] = {"family": list(pipeline.families)}
         space |= {k: list(r.values or ()) for k, r in pipeline.space.items()}
+        space |= {name: list(r.values or ()) for f, own in pipeline.family_space.items()
+                  for k, r in own.items() if (name := _param_name(pipeline, f, k)) != k}
         return optuna.samplers.GridSampler(space, seed=pipeline.seed)
 
     def make(seed: int) -> optuna.samplers.BaseSampler:

@@ -170,7 +170,7 @@ def run_search(
             _optimize_one(study, objective, heartbeat_interval)
             _after_trial(study, objective)
             if on_progress is not None:
-                on_progress(_progress(study, pipeline))
+                on_progress(_progress(study, pipeline, objective.current_trial))
             if (reason := repeated_failure(study)) is not None:
                 status = "FAILED"
                 raise MlscaleError(f"search stopped: its last trials all failed with: {reason}")
@@ -188,6 +188,23 @@ def run_search(
         else:  # already failing: what the store says now must not hide why
             with contextlib.suppress(Exception):
                 _close_parent(settings, study, pipeline, storage_url, parent_run_id, status)
+
+
+def study_summary(pipeline: Pipeline, *, storage: str | None = None,
+                  study_name: str | None = None) -> SearchSummary:
+    """The summary of the pipeline's study as the storage holds it now (what the workers
+    of ``mlscale search --workers N`` leave behind, printed once for all of them)."""
+    import optuna
+
+    storage_url = storage or default_storage()
+    name = study_name or pipeline.name
+    try:
+        study = optuna.load_study(study_name=name, storage=storage_url)
+    except KeyError:
+        raise MlscaleError(f"study {name} is not in {masked_url(storage_url)}") from None
+    except Exception as error:  # SQLAlchemy's many connection/URL errors
+        raise store_error(storage_url, error) from None
+    return _summarise(study, pipeline, storage_url, str(study.user_attrs.get(PARENT_RUN, "")))
 
 
 def _optimize_one(study: optuna.Study, objective: _Objective, heartbeat_interval: int) -> None:
@@ -303,12 +320,15 @@ def _should_continue(study: optuna.Study, pipeline: Pipeline, objective: _Object
     return not (hasattr(sampler, "is_exhausted") and sampler.is_exhausted(study))
 
 
-def _progress(study: optuna.Study, pipeline: Pipeline) -> SearchProgress:
+def _progress(study: optuna.Study, pipeline: Pipeline, mine: optuna.Trial | None
+              ) -> SearchProgress:
+    """The ledger, and a line on ``mine``: this worker's last trial, not the study's (which
+    another worker may still be running)."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    last = trials[-1] if trials else None
+    last = trials[mine.number] if mine is not None and mine.number < len(trials) else None
     message = ""
     if last is not None:
         attrs = last.user_attrs
