@@ -40,8 +40,8 @@ def best_val_loss(sampler: str, seed: int, budget: float) -> tuple[float, int]:
                                    "budget_flops": budget})
         summary = run_search(pipeline, load_settings(), storage=f"sqlite:///{folder}/o.db",
                              data=load("mnist"))
-    assert summary.best is not None
-    return summary.best["metrics"]["val_loss"], summary.n_trials.get("COMPLETE", 0)
+    assert summary.best is not None and summary.best.metrics.val_loss is not None
+    return summary.best.metrics.val_loss, summary.n_trials.get("COMPLETE", 0)
 
 
 def _in_fresh_process(sampler: str, seed: int, budget: float) -> tuple[float, int]:

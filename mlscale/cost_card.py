@@ -6,7 +6,7 @@ registry, the budget advisor and the reports read is derived from its fields.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -16,24 +16,37 @@ if TYPE_CHECKING:
 __all__ = ["COST_CARD", "CostCard", "tag_value"]
 
 
+def _shown(header: str, fmt: str) -> dict[str, str]:
+    """How a table shows a figure: its column header and format."""
+    return {"header": header, "format": fmt}
+
+
 @dataclass(frozen=True)
 class CostCard:
     """Size, compute, quality and serving cost of one model (FLOPs = 2 x MACs)."""
 
-    params: int
-    flops_per_sample: int
-    train_flops_per_sample: int
-    train_flops: float
-    samples_seen: int
-    train_size: int
-    test_accuracy: float
-    test_loss: float
-    error_rate: float
-    throughput: float  # ONNX Runtime samples/s at the largest batch timed
-    latency_threads: int
-    latency_p50_ms: float | None = None  # batch 1, where batch 1 was timed
-    latency_p90_ms: float | None = None
-    latency_p99_ms: float | None = None
+    params: int = field(metadata=_shown("params", "{:,.0f}"))
+    flops_per_sample: int = field(metadata=_shown("FLOPs/sample", "{:,.0f}"))
+    train_flops_per_sample: int = field(metadata=_shown("train FLOPs/sample", "{:,.0f}"))
+    train_flops: float = field(metadata=_shown("train FLOPs", "{:.3g}"))
+    samples_seen: int = field(metadata=_shown("samples seen", "{:,.0f}"))
+    train_size: int = field(metadata=_shown("train size", "{:,.0f}"))
+    test_accuracy: float = field(metadata=_shown("test acc", "{:.2%}"))
+    test_loss: float = field(metadata=_shown("test loss", "{:.4f}"))
+    error_rate: float = field(metadata=_shown("error rate", "{:.2%}"))
+    # ONNX Runtime samples/s at the largest batch timed
+    throughput: float = field(metadata=_shown("samples/s", "{:,.0f}"))
+    latency_threads: int = field(metadata=_shown("threads", "{:.0f}"))
+    # batch 1, where batch 1 was timed
+    latency_p50_ms: float | None = field(default=None, metadata=_shown("p50 ms", "{:.4f}"))
+    latency_p90_ms: float | None = field(default=None, metadata=_shown("p90 ms", "{:.4f}"))
+    latency_p99_ms: float | None = field(default=None, metadata=_shown("p99 ms", "{:.4f}"))
+
+    @staticmethod
+    def column(name: str) -> tuple[str, str, str]:
+        """``(header, name, format)`` of figure ``name``: one look in every table."""
+        shown = {f.name: f.metadata for f in fields(CostCard)}[name]
+        return shown["header"], name, shown["format"]
 
     @classmethod
     def of(cls, result: TrainResult, latency: LatencyReport) -> CostCard:

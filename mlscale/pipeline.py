@@ -207,9 +207,6 @@ def _check_trial_flops_buy_a_sample(dataset: str, families: tuple[str, ...],
 
 def parse_pipeline(raw: Any, source: str = "<pipeline>") -> Pipeline:
     """Validate a pipeline read from YAML; every error names the offending key."""
-    from mlscale.data import DATASETS
-    from mlscale.models import model_spec
-
     if not isinstance(raw, Mapping):
         raise MlscaleError(f"{source}: expected a mapping at the top level")
     allowed = {f.name for f in fields(Pipeline)} - {"space", "family_space", "source"}
@@ -217,43 +214,12 @@ def parse_pipeline(raw: Any, source: str = "<pipeline>") -> Pipeline:
     for required in ("name", "dataset", "families", "search_space", "budget_flops"):
         if required not in raw:
             raise MlscaleError(f"{source}: missing key {required}")
-    if isinstance(raw["dataset"], str) and ":" in raw["dataset"]:  # a user source
-        from mlscale.sources import check_source
-
-        try:
-            check_source(raw["dataset"])
-        except MlscaleError as error:
-            raise MlscaleError(f"dataset: {error}") from None
-    elif raw["dataset"] not in DATASETS:
-        raise MlscaleError(f"dataset: unknown dataset {raw['dataset']!r}; choose one of: "
-                           f"{', '.join(DATASETS)}, npz:PATH, imagefolder:PATH, "
-                           "torchvision:NAME")
-    families_raw = raw["families"]
-    if isinstance(families_raw, list):
-        families_raw = {name: None for name in families_raw}
-    if not isinstance(families_raw, Mapping) or not families_raw:
-        raise MlscaleError("families: expected a non-empty list or mapping of family names")
-    for family in families_raw:
-        try:
-            model_spec(family)  # a zoo name, an entry point or package.module:builder
-        except MlscaleError as error:
-            raise MlscaleError(f"families: {error}") from None
+    _check_dataset(raw["dataset"])
+    families = _parse_families(raw["families"])
     space = _parse_space("search_space", raw["search_space"], tuple(KNOBS))
     family_space = {family: _parse_space(f"families.{family}", spec, FAMILY_KNOBS)
-                     for family, spec in families_raw.items()}
-    if "train_size" not in space:
-        raise MlscaleError("search_space: missing train_size")
-    if ("epochs" in space) == ("train_flops" in space):
-        raise MlscaleError("search_space: give exactly one of epochs and train_flops")
-    for family in families_raw:
-        for knob in ("width", "depth"):  # no lr range: the family's default lr
-            if knob not in space and knob not in family_space[family]:
-                raise MlscaleError(f"families.{family}: no {knob} range (set search_space."
-                                   f"{knob} or families.{family}.{knob})")
-        _check_family_ranges(family, "search_space", {
-            k: v for k, v in space.items() if k in FAMILY_KNOBS and k not in family_space[family]})
-        _check_family_ranges(family, f"families.{family}", family_space[family])
-
+                    for family, spec in families.items()}
+    _check_space(space, family_space)
     budget = _number("budget_flops", raw["budget_flops"])
     _check_positive("budget_flops", budget)
     cap = raw.get("trial_flops_cap")
@@ -265,52 +231,108 @@ def parse_pipeline(raw: Any, source: str = "<pipeline>") -> Pipeline:
         raise MlscaleError(f"sampler: {sampler!r} is not one of {', '.join(SAMPLERS)}")
     if pruner not in PRUNERS:
         raise MlscaleError(f"pruner: {pruner!r} is not one of {', '.join(PRUNERS)}")
-    objectives = raw.get("objectives", ["val_loss"])
-    if isinstance(objectives, str):
-        objectives = [objectives]
-    if (not isinstance(objectives, list) or not objectives or objectives[0] != "val_loss"
-            or any(o not in OBJECTIVES for o in objectives) or len(set(objectives)) != len(
-                objectives)):
-        raise MlscaleError(f"objectives: expected [val_loss] or [val_loss, latency_p90_ms], "
-                           f"got {objectives!r}")
+    objectives = _parse_objectives(raw.get("objectives", ["val_loss"]))
     if sampler == "grid":
-        ranged = [k for k, r in [*space.items(), *((f"families.{f}.{k}", r) for f, s in
-                                                   family_space.items() for k, r in s.items())]
-                  if r.values is None]
-        if ranged:
-            raise MlscaleError(f"sampler grid: every knob needs a list of values; "
-                               f"{ranged[0]} has a range")
-        several = [f"families.{f}.{k}" for f, s in family_space.items() for k, r in s.items()
-                   if len(r.values or ()) != 1]
-        if several:  # the grid is a product: a family's own list would multiply every other's
-            raise MlscaleError(f"sampler grid: a family's own knob takes one value; "
-                               f"{several[0]} has several (list them in search_space)")
+        _check_grid(space, family_space)
     name = raw["name"]
     if not isinstance(name, str) or not name.strip():
         raise MlscaleError(f"name: expected a non-empty string, got {name!r}")
     seed = raw.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise MlscaleError(f"seed: expected an integer, got {seed!r}")
-    val_size = raw.get("val_size")
-    if val_size is not None and (isinstance(val_size, bool) or not isinstance(val_size, int)
-                                 or val_size < 1):
-        raise MlscaleError(f"val_size: expected a positive integer, got {val_size!r}")
-    evaluations = raw.get("evaluations", 4)
-    if evaluations is not None and (isinstance(evaluations, bool) or not isinstance(
-            evaluations, int) or evaluations < 1):
-        raise MlscaleError(f"evaluations: expected a positive integer or null, got "
-                           f"{evaluations!r}")
+    val_size = _positive_int_or_null("val_size", raw.get("val_size"))
+    evaluations = _positive_int_or_null("evaluations", raw.get("evaluations", 4))
     latency_seconds = _number("latency_seconds", raw.get("latency_seconds", 0.1))
     _check_positive("latency_seconds", latency_seconds)
     _check_dataset_sizes(raw["dataset"], space, val_size)
     if "train_flops" in space:
-        _check_trial_flops_buy_a_sample(raw["dataset"], tuple(families_raw), space,
-                                        family_space)
-    return Pipeline(name=name, dataset=raw["dataset"], families=tuple(families_raw),
+        _check_trial_flops_buy_a_sample(raw["dataset"], tuple(families), space, family_space)
+    return Pipeline(name=name, dataset=raw["dataset"], families=tuple(families),
                     space=space, family_space=family_space, budget_flops=budget,
                     trial_flops_cap=cap, sampler=sampler, pruner=pruner,
-                    objectives=tuple(objectives), seed=seed, val_size=val_size,
+                    objectives=objectives, seed=seed, val_size=val_size,
                     evaluations=evaluations, latency_seconds=latency_seconds, source=source)
+
+
+def _check_dataset(dataset: Any) -> None:
+    """A built-in dataset's name or a user source (``npz:``, ``imagefolder:``, ...)."""
+    from mlscale.data import DATASETS
+
+    if isinstance(dataset, str) and ":" in dataset:  # a user source
+        from mlscale.sources import check_source
+
+        try:
+            check_source(dataset)
+        except MlscaleError as error:
+            raise MlscaleError(f"dataset: {error}") from None
+    elif dataset not in DATASETS:
+        raise MlscaleError(f"dataset: unknown dataset {dataset!r}; choose one of: "
+                           f"{', '.join(DATASETS)}, npz:PATH, imagefolder:PATH, "
+                           "torchvision:NAME")
+
+
+def _parse_families(raw: Any) -> Mapping[str, Any]:
+    """Family name -> its own ranges (None: none), every name one the zoo can build."""
+    from mlscale.models import model_spec
+
+    families = {name: None for name in raw} if isinstance(raw, list) else raw
+    if not isinstance(families, Mapping) or not families:
+        raise MlscaleError("families: expected a non-empty list or mapping of family names")
+    for family in families:
+        try:
+            model_spec(family)  # a zoo name, an entry point or package.module:builder
+        except MlscaleError as error:
+            raise MlscaleError(f"families: {error}") from None
+    return families
+
+
+def _check_space(space: Mapping[str, Range],
+                 family_space: Mapping[str, Mapping[str, Range]]) -> None:
+    """The knobs a trial needs are there, and every family's dials lie in its ranges."""
+    if "train_size" not in space:
+        raise MlscaleError("search_space: missing train_size")
+    if ("epochs" in space) == ("train_flops" in space):
+        raise MlscaleError("search_space: give exactly one of epochs and train_flops")
+    for family, own in family_space.items():
+        for knob in ("width", "depth"):  # no lr range: the family's default lr
+            if knob not in space and knob not in own:
+                raise MlscaleError(f"families.{family}: no {knob} range (set search_space."
+                                   f"{knob} or families.{family}.{knob})")
+        _check_family_ranges(family, "search_space", {
+            k: v for k, v in space.items() if k in FAMILY_KNOBS and k not in own})
+        _check_family_ranges(family, f"families.{family}", own)
+
+
+def _parse_objectives(raw: Any) -> tuple[str, ...]:
+    objectives = [raw] if isinstance(raw, str) else raw
+    if (not isinstance(objectives, list) or not objectives or objectives[0] != "val_loss"
+            or any(o not in OBJECTIVES for o in objectives)
+            or len(set(objectives)) != len(objectives)):
+        raise MlscaleError(f"objectives: expected [val_loss] or [val_loss, latency_p90_ms], "
+                           f"got {objectives!r}")
+    return tuple(objectives)
+
+
+def _check_grid(space: Mapping[str, Range],
+                family_space: Mapping[str, Mapping[str, Range]]) -> None:
+    """A grid lists every knob's values, and a family's own knob has one value."""
+    own = [(f"families.{family}.{knob}", r) for family, ranges in family_space.items()
+           for knob, r in ranges.items()]
+    ranged = [key for key, r in [*space.items(), *own] if r.values is None]
+    if ranged:
+        raise MlscaleError(f"sampler grid: every knob needs a list of values; "
+                           f"{ranged[0]} has a range")
+    several = [key for key, r in own if len(r.values or ()) != 1]
+    if several:  # the grid is a product: a family's own list would multiply every other's
+        raise MlscaleError(f"sampler grid: a family's own knob takes one value; "
+                           f"{several[0]} has several (list them in search_space)")
+
+
+def _positive_int_or_null(key: str, value: Any) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 1):
+        raise MlscaleError(f"{key}: expected a positive integer or null, got {value!r}")
+    return value
 
 
 def load_pipeline(path: str | Path) -> Pipeline:

@@ -59,7 +59,7 @@ def test_the_latency_limit_is_respected(advisor: Advisor) -> None:
     limited = advisor.advise(1e14, max_latency_ms=limit)
     limited_p90 = limited.recommendation.predicted_latency_p90_ms
     assert limited_p90 is not None and limited_p90.value <= limit
-    kinds = {alt["kind"]: alt["option"] for alt in limited.alternatives}
+    kinds = {alt.kind: alt.option for alt in limited.alternatives}
     assert kinds["best_without_latency_limit"].params == free.recommendation.params
     assert (limited.recommendation.predicted_test_loss.value
             >= free.recommendation.predicted_test_loss.value)
@@ -82,9 +82,9 @@ def test_the_inverse_agrees_with_the_forward_mode(advisor: Advisor) -> None:
 
 def test_alternatives_and_warnings(advisor: Advisor) -> None:
     big = advisor.advise(1e15)
-    kinds = [alt["kind"] for alt in big.alternatives]
+    kinds = [alt.kind for alt in big.alternatives]
     assert "cheapest_within_0.1_points" in kinds
-    cheapest = big.alternatives[kinds.index("cheapest_within_0.1_points")]["option"]
+    cheapest = big.alternatives[kinds.index("cheapest_within_0.1_points")].option
     assert cheapest.train_flops < 1e15
     assert (cheapest.predicted_accuracy.value
             >= big.recommendation.predicted_accuracy.value - 1e-3 - 1e-9)
@@ -195,8 +195,8 @@ def test_a_weak_fit_is_shown_but_not_ranked() -> None:
     assert answer.recommendation.family == "lenet5"
     assert any(w.startswith("vgg_mini is not ranked: its fit is too weak here")
                for w in answer.warnings)
-    kinds = {alt["kind"]: alt for alt in answer.alternatives}
-    assert "weak fit: not ranked" in kinds["best_vgg_mini"]["why"]
+    kinds = {alt.kind: alt for alt in answer.alternatives}
+    assert "weak fit: not ranked" in kinds["best_vgg_mini"].why
     assert answer.recommendation.latency_threads == 2
     only_vgg = advisor.advise(1e13, families=["vgg_mini"])  # asked for, it is answered
     assert only_vgg.recommendation.family == "vgg_mini"

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from mlscale.budget import Advisor, build_registry_model
+from mlscale.budget import Advisor, Estimate, Option, Verdict, build_registry_model, rank_families
 from mlscale.cli._budget import _print_advice
 
 
@@ -35,28 +33,30 @@ def _frame(handicap: float, noise: float = 0.05, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _verdict(handicap: float) -> dict[str, Any]:
+def _verdict(handicap: float) -> Verdict:
     advisor = Advisor(build_registry_model(_frame(handicap), "mnist", "synthetic"))
-    return advisor.advise(1e12).verdict
+    verdict = advisor.advise(1e12).verdict
+    assert verdict is not None
+    return verdict
 
 
 def test_a_clearly_worse_family_loses_with_high_confidence() -> None:
     verdict = _verdict(1.5)
-    assert [r["family"] for r in verdict["ranking"]] == ["lenet5", "vgg_mini"]
-    assert verdict["winner"] == "lenet5" and verdict["runner_up"] == "vgg_mini"
-    first, second = verdict["ranking"]
-    assert verdict["loss_margin"] == pytest.approx(
-        second["predicted_test_loss"] - first["predicted_test_loss"])
-    assert verdict["loss_margin"] > 0 and verdict["accuracy_margin"] > 0
-    assert verdict["confidence"] > 0.95
+    assert [r.family for r in verdict.ranking] == ["lenet5", "vgg_mini"]
+    assert verdict.winner == "lenet5" and verdict.runner_up == "vgg_mini"
+    first, second = verdict.ranking
+    assert verdict.loss_margin == pytest.approx(
+        second.predicted_test_loss - first.predicted_test_loss)
+    assert verdict.loss_margin > 0 and verdict.accuracy_margin > 0
+    assert verdict.confidence > 0.95
 
 
 def test_confidence_falls_as_the_families_draw_level() -> None:
     # vgg_mini's measured grid differs from lenet5's, so the tie lies near a 0.6 handicap.
     confidences = {h: _verdict(h) for h in (0.4, 0.55, 0.6, 0.7, 1.5)}
-    assert confidences[0.4]["winner"] == "vgg_mini" and confidences[1.5]["winner"] == "lenet5"
-    level = [confidences[h]["confidence"] for h in (0.55, 0.6)]
-    clear = [confidences[h]["confidence"] for h in (0.4, 0.7, 1.5)]
+    assert confidences[0.4].winner == "vgg_mini" and confidences[1.5].winner == "lenet5"
+    level = [confidences[h].confidence for h in (0.55, 0.6)]
+    clear = [confidences[h].confidence for h in (0.4, 0.7, 1.5)]
     assert all(0.5 <= c < 0.8 for c in level)
     assert min(clear) > max(level) and min(clear) > 0.9
 
@@ -67,7 +67,22 @@ def test_the_cli_prints_the_ranking_and_the_verdict(capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "Ranking (predicted test loss, accuracy): 1. lenet5 " in out and "2. vgg_mini " in out
     verdict = advice.verdict
-    assert (f"Verdict: lenet5 wins by {verdict['loss_margin']:.4f} nats of test loss "
-            f"(+{100 * verdict['accuracy_margin']:.2f} accuracy points) over vgg_mini; "
-            f"confidence {verdict['confidence']:.0%} that a run of lenet5 beats one of "
+    assert verdict is not None and verdict.loss_margin and verdict.accuracy_margin
+    assert (f"Verdict: lenet5 wins by {verdict.loss_margin:.4f} nats of test loss "
+            f"(+{100 * verdict.accuracy_margin:.2f} accuracy points) over vgg_mini; "
+            f"confidence {verdict.confidence:.0%} that a run of lenet5 beats one of "
             "vgg_mini on test loss") in out
+
+
+def _option(family: str, loss: float) -> Option:
+    return Option(family, 1.0, 1, 1000, 10, 30, 1e9, 1000, 1.0, 1000.0,
+                  Estimate(loss, loss / 2, loss * 2), Estimate(1 - loss, None, None), None, None)
+
+
+def test_a_weak_fit_is_listed_after_the_ranked_families_however_low_its_loss() -> None:
+    verdict = rank_families(_option("lenet5", 0.03), [_option("efficientnet_mini", 0.01),
+                                                      _option("vgg_mini", 0.05)],
+                            unranked={"efficientnet_mini"})
+    assert [(r.family, r.ranked) for r in verdict.ranking] == [
+        ("lenet5", True), ("vgg_mini", True), ("efficientnet_mini", False)]
+    assert verdict.winner == "lenet5" and verdict.runner_up == "vgg_mini"

@@ -80,10 +80,10 @@ def test_runs_past_one_epoch_are_fitted_on_effective_data(tmp_path: Path) -> Non
     report = fit_points(points, "nd", plot_dir=tmp_path)
     assert report.effective_data and "effective data D'" in report.summary
     for name in ("alpha", "beta"):
-        assert report.params[name]["value"] == pytest.approx(truth[name], rel=0.02)
+        assert report.params[name].value == pytest.approx(truth[name], rel=0.02)
     naive = fit_points(points.drop(columns="unique"), "nd")
     assert not naive.effective_data
-    assert abs(naive.params["beta"]["value"] / truth["beta"] - 1) > 0.15
+    assert abs(naive.params["beta"].value / truth["beta"] - 1) > 0.15
     assert report.extrapolation is not None and naive.extrapolation is not None
     assert (report.extrapolation["mean_abs_pct_error"]
             < naive.extrapolation["mean_abs_pct_error"])

@@ -68,7 +68,7 @@ def test_the_budget_is_never_exceeded_and_unaffordable_trials_never_train(
         assert RUN_ID not in trial.user_attrs and trial.user_attrs[SPENT] == 0
     # what is left cannot buy the cheapest trial, or the sampler kept proposing too much
     assert summary.n_trials.get("COMPLETE", 0) >= 2
-    assert summary.best is not None and summary.best["model_uri"].startswith("models:/")
+    assert summary.best is not None and summary.best.model_uri.startswith("models:/")
     # run again, a finished search stays finished: no new proposals to refuse
     run_search(parse_pipeline(_tiny()), load_settings(), storage=storage, data=mnist)
     assert len(_trials(storage)) == len(trials)
@@ -144,7 +144,7 @@ def test_two_objectives_give_a_pareto_front(fresh_store: str, tmp_path: Path,
                          data=mnist)
     assert summary.pareto_front
     for row in summary.pareto_front:
-        assert row["metrics"]["latency_p90_ms"] > 0
+        assert row.metrics.latency_p90_ms > 0
 
 
 def _write_pipeline(tmp_path: Path, **overrides: Any) -> Path:

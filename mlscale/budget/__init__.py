@@ -10,8 +10,8 @@ over the fit's parameter covariance plus its run-to-run scatter (Student's t). E
 family's best configuration is ranked, and the verdict (``_verdict``)
 says by how much the winner wins and with what confidence.
 
-Answers (``Advice``, ``Option``, ``Estimate``) live in ``_advice``; callers import from
-here, never from the private modules.
+Answers (``Advice``, ``Alternative``, ``Option``, ``Estimate``) live in ``_advice``;
+callers import from here, never from the private modules.
 
 >>> advisor = Advisor.from_registry(load_settings(), "mnist")  # doctest: +SKIP
 >>> advice = advisor.advise(1e15)                               # doctest: +SKIP
@@ -21,18 +21,25 @@ here, never from the private modules.
 
 from __future__ import annotations
 
-from mlscale.budget._advice import Advice, Estimate, Option, check_positive, check_target
+from mlscale.budget._advice import (
+    Advice,
+    Alternative,
+    Estimate,
+    Option,
+    check_positive,
+    check_target,
+)
 from mlscale.budget._advisor import Advisor
 from mlscale.budget._model import (
     FamilyModel,
     LatencyModel,
     RegistryModel,
     build_registry_model,
-    cache_dir,
     load_registry_model,
 )
-from mlscale.budget._verdict import Verdict, rank_families
+from mlscale.budget._verdict import RankedFamily, Verdict, rank_families
 
-__all__ = ["Advice", "Advisor", "Estimate", "FamilyModel", "LatencyModel", "Option",
-           "RegistryModel", "Verdict", "build_registry_model", "cache_dir", "check_positive",
-           "check_target", "load_registry_model", "rank_families"]
+__all__ = ["Advice", "Advisor", "Alternative", "Estimate", "FamilyModel", "LatencyModel",
+           "Option", "RankedFamily", "RegistryModel", "Verdict", "build_registry_model",
+           "check_positive", "check_target", "load_registry_model",
+           "rank_families"]

@@ -12,9 +12,11 @@ from mlscale.errors import MlscaleError
 
 if TYPE_CHECKING:
     from mlscale.budget._model import FamilyModel
+    from mlscale.budget._verdict import Verdict
     from mlscale.scaling import ScalingFit
 
-__all__ = ["Advice", "Estimate", "Option", "advice_warnings", "check_positive", "check_target"]
+__all__ = ["Advice", "Alternative", "Estimate", "Option", "advice_warnings", "check_positive",
+           "check_target"]
 
 
 SAME_ACCURACY = 1e-3  # 0.1 accuracy points: "the same" for alternatives and saturation
@@ -58,6 +60,20 @@ class Option:
         return payload
 
 
+@dataclass(frozen=True)
+class Alternative:
+    """Another option worth knowing: ``kind`` names the question it answers
+    (``cheapest_within_0.1_points``, ``fastest_within_0.1_points``,
+    ``best_without_latency_limit``, ``best_FAMILY``), ``why`` says it in words."""
+
+    kind: str
+    why: str
+    option: Option
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "why": self.why, "option": self.option.to_dict()}
+
+
 @dataclass
 class Advice:
     """The answer to one budget (or target-accuracy) question."""
@@ -66,7 +82,7 @@ class Advice:
     budget_flops: float
     recommendation: Option
     nearest_registered_model: dict[str, Any]
-    alternatives: list[dict[str, Any]]
+    alternatives: list[Alternative]
     warnings: list[str]
     train_command: str
     fits: dict[str, dict[str, Any]]
@@ -74,8 +90,7 @@ class Advice:
     max_latency_ms: float | None = None
     target_accuracy: float | None = None
     registry: dict[str, Any] = field(default_factory=dict)
-    verdict: dict[str, Any] = field(default_factory=dict)  # see mlscale.budget
-    verdict_line: str = ""
+    verdict: Verdict | None = None  # who wins, by how much, with what confidence
 
     def to_dict(self) -> dict[str, Any]:
         """The recommendation's fields at the top level, then everything around it."""
@@ -83,22 +98,21 @@ class Advice:
                 "target_accuracy": self.target_accuracy, "max_latency_ms": self.max_latency_ms,
                 **self.recommendation.to_dict(),
                 "nearest_registered_model": self.nearest_registered_model,
-                "alternatives": [{**alt, "option": alt["option"].to_dict()}
-                                 for alt in self.alternatives],
+                "alternatives": [alt.to_dict() for alt in self.alternatives],
                 "warnings": self.warnings, "train_command": self.train_command,
                 "families": self.families, "fits": self.fits, "registry": self.registry,
-                "verdict": {**self.verdict, "sentence": self.verdict_line},
+                "verdict": self.verdict.to_dict() if self.verdict else {},
                 "flops_convention": "FLOPs = 2 x MACs (torch FlopCounterMode); training "
                                     "FLOPs = measured forward + backward per sample x samples"}
 
 
 def advice_warnings(fm: FamilyModel, option: Option, budget: float,
-                    alternatives: list[dict[str, Any]], unique: int) -> list[str]:
+                    alternatives: list[Alternative], unique: int) -> list[str]:
     """What the user should know about ``option``: saturation, capped epochs, repeated
     data, extrapolation, pooled latency, and a weak or missing interval."""
     warnings = []
-    cheapest = next((a["option"] for a in alternatives
-                     if a["kind"] == "cheapest_within_0.1_points"), None)
+    cheapest = next((a.option for a in alternatives
+                     if a.kind == "cheapest_within_0.1_points"), None)
     spent = option.train_flops
     if cheapest is not None and cheapest.train_flops <= spent / 2:
         warnings.append(

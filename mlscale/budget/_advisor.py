@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -16,6 +16,7 @@ from mlscale.budget._advice import (
     SAME_ACCURACY,
     WEAK_FIT_SPAN,
     Advice,
+    Alternative,
     Estimate,
     Option,
     advice_warnings,
@@ -225,8 +226,8 @@ class Advisor:
         option = self._option(fm, row, budget_flops)
         alternatives = self._alternatives(chosen, ranked, option, budget_flops, max_latency_ms)
         verdict = rank_families(
-            option, [alt["option"] for alt in alternatives
-                     if alt["kind"] == f"best_{alt['option'].family}"],
+            option, [alt.option for alt in alternatives
+                     if alt.kind == f"best_{alt.option.family}"],
             {f.family for f in chosen} - {f.family for f in ranked})
         return Advice(
             dataset=self.model.dataset, budget_flops=float(budget_flops), recommendation=option,
@@ -248,7 +249,7 @@ class Advisor:
             registry={"versions": self.model.versions, "fingerprint": self.model.fingerprint,
                       "from_cache": self.from_cache, "unique_samples": self.model.unique,
                       "families_without_fit": self.model.skipped},
-            verdict=verdict.to_dict(), verdict_line=verdict.sentence())
+            verdict=verdict)
 
     def least_flops(self, target_accuracy: float, *, families: Sequence[str] | None = None,
                     max_latency_ms: float | None = None) -> Advice:
@@ -287,7 +288,7 @@ class Advisor:
         return advice
 
     def _alternatives(self, chosen: list[FamilyModel], ranked: list[FamilyModel], best: Option,
-                      budget: float, max_latency_ms: float | None) -> list[dict[str, Any]]:
+                      budget: float, max_latency_ms: float | None) -> list[Alternative]:
         alternatives = []
         goal = best.predicted_accuracy.value - SAME_ACCURACY
         low = min(self._smallest_budget(ranked), budget)
@@ -299,38 +300,35 @@ class Advisor:
         if cheapest is not None:
             found = self._best(ranked, np.array([cheapest]), max_latency_ms)[0]
             assert found is not None
-            alternatives.append({
-                "kind": "cheapest_within_0.1_points",
-                "why": f"{100 * cheapest / budget:.2g}% of the budget for accuracy within 0.1 "
-                       "points",
-                "option": self._option(found[0], found[1], cheapest)})
+            alternatives.append(Alternative(
+                "cheapest_within_0.1_points",
+                f"{100 * cheapest / budget:.2g}% of the budget for accuracy within 0.1 points",
+                self._option(found[0], found[1], cheapest)))
         fastest = self._fastest_within(ranked, goal, budget, max_latency_ms)
         if fastest is not None and (fastest.family, fastest.width, fastest.depth) != (
                 best.family, best.width, best.depth):
             assert fastest.predicted_latency_p90_ms is not None
-            alternatives.append({
-                "kind": "fastest_within_0.1_points",
-                "why": f"p90 {fastest.predicted_latency_p90_ms.value:.3g} ms at batch 1 for "
-                       "accuracy within 0.1 points",
-                "option": fastest})
+            alternatives.append(Alternative(
+                "fastest_within_0.1_points",
+                f"p90 {fastest.predicted_latency_p90_ms.value:.3g} ms at batch 1 for accuracy "
+                "within 0.1 points", fastest))
         if max_latency_ms is not None:
             free = self._best(ranked, np.array([budget]), None)[0]
             if free is not None:
                 option = self._option(free[0], free[1], budget)
                 if option.predicted_test_loss.value < best.predicted_test_loss.value:
-                    alternatives.append({
-                        "kind": "best_without_latency_limit",
-                        "why": f"what the {max_latency_ms:g} ms limit costs",
-                        "option": option})
+                    alternatives.append(Alternative(
+                        "best_without_latency_limit",
+                        f"what the {max_latency_ms:g} ms limit costs", option))
         for fm in chosen:
             if fm.family == best.family:
                 continue
             found = self._best([fm], np.array([budget]), max_latency_ms)[0]
             if found is not None:
                 weak = "" if fm.family in {f.family for f in ranked} else " (weak fit: not ranked)"
-                alternatives.append({"kind": f"best_{fm.family}",
-                                     "why": f"the best {fm.family} for this budget{weak}",
-                                     "option": self._option(found[0], found[1], budget)})
+                alternatives.append(Alternative(f"best_{fm.family}",
+                                                f"the best {fm.family} for this budget{weak}",
+                                                self._option(found[0], found[1], budget)))
         return alternatives
 
     def _fastest_within(self, chosen: list[FamilyModel], goal: float, budget: float,

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,30 +22,23 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
+from mlscale.cache import cache_dir, write_json
+from mlscale.cost_card import COST_CARD
+from mlscale.dial_grid import measure_grids, measured_grid
 from mlscale.errors import MlscaleError
-from mlscale.names import arch_name, split_source
+from mlscale.names import split_source
 from mlscale.scaling import ScalingFit
 
 if TYPE_CHECKING:
     from mlscale.registry import MlflowSettings
 
-__all__ = ["FamilyModel", "LatencyModel", "RegistryModel", "cache_dir", "load_registry_model"]
+__all__ = ["FamilyModel", "LatencyModel", "RegistryModel", "load_registry_model"]
 
-CACHE_FORMAT = 1  # bump when what the cache holds changes
+CACHE_FORMAT = 2  # bump when what the cache holds changes
 MIN_RUNS = 7  # the joint law has 5 parameters; 2 more so that their covariance exists
 MIN_DISTINCT = 3  # distinct parameter counts and distinct samples seen a fit needs
-WIDTH_POINTS = 11  # widths per depth in a family's dial grid (log-spaced over its range)
-RUN_COLUMNS = ["model_uri", "run_name", "width", "depth", "params", "flops_per_sample",
-               "train_flops", "samples_seen", "train_size", "test_accuracy", "test_loss",
-               "error_rate", "latency_p90_ms", "latency_threads"]
+RUN_COLUMNS = ["model_uri", "run_name", "width", "depth", *COST_CARD]  # the fits' runs
 FIT_COLUMNS = ["params", "samples_seen", "train_size", "test_loss", "error_rate"]
-
-
-def cache_dir() -> Path:
-    """``$MLSCALE_CACHE_DIR``, else ``$XDG_CACHE_HOME/mlscale``, else ``~/.cache/mlscale``."""
-    if env := os.environ.get("MLSCALE_CACHE_DIR"):
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlscale"
 
 
 @dataclass(frozen=True)
@@ -192,7 +183,7 @@ def _fit_family(family: str, runs: pd.DataFrame, input_shape: tuple[int, int, in
     return FamilyModel(family, loss_fit, error_fit, latency,
                        measured_grid(family, input_shape, on_status, num_classes,
                                      _dial_bounds(runs)),
-                       runs[RUN_COLUMNS].reset_index(drop=True), saturation)
+                       runs.reindex(columns=RUN_COLUMNS).reset_index(drop=True), saturation)
 
 
 def build_registry_model(frame: pd.DataFrame, dataset: str, fingerprint: str,
@@ -209,7 +200,7 @@ def build_registry_model(frame: pd.DataFrame, dataset: str, fingerprint: str,
         raise MlscaleError(f"the registry has no models for dataset {dataset!r}; register some "
                            "first, e.g. mlscale search pipelines/lenet_scaling.yaml")
     pooled = LatencyModel.fit(frame, pooled=True)
-    families, skipped = {}, {}
+    families, skipped, eligible = {}, {}, {}
     for family, group in frame.groupby("arch", sort=True):
         runs = _usable_runs(group)
         sizes, data = runs["params"].nunique(), runs["samples_seen"].nunique()
@@ -217,7 +208,12 @@ def build_registry_model(frame: pd.DataFrame, dataset: str, fingerprint: str,
             skipped[str(family)] = (
                 f"{len(runs)} usable runs with {sizes} model sizes and {data} data sizes; the "
                 f"joint law needs {MIN_RUNS} runs and {MIN_DISTINCT} of each")
-            continue
+        else:
+            eligible[str(family)] = runs
+    with contextlib.suppress(MlscaleError):  # a family the zoo cannot build fails its fit
+        measure_grids({f: _dial_bounds(runs) for f, runs in eligible.items()},
+                                   info.input_shape, info.num_classes, on_status)
+    for family, runs in eligible.items():
         on_status(f"fitting {family} ({len(runs)} runs)")
         try:
             families[str(family)] = _fit_family(str(family), runs, info.input_shape,
@@ -235,54 +231,6 @@ def _dial_bounds(runs: pd.DataFrame) -> tuple[tuple[float, float], tuple[int, in
     """The widths and depths the runs span: the grid of a family with open ranges."""
     width, depth = (pd.to_numeric(runs[c], errors="coerce") for c in ("width", "depth"))
     return (float(width.min()), float(width.max())), (int(depth.min()), int(depth.max()))
-
-
-def measured_grid(family: str, input_shape: tuple[int, int, int],
-                  on_status: Callable[[str], None] = lambda _: None, num_classes: int = 10,
-                  open_bounds: tuple[tuple[float, float], tuple[int, int]] | None = None
-                  ) -> pd.DataFrame:
-    """Params and FLOPs of ``family`` over its dial grid, measured (``measure.cost_of``).
-
-    A user family whose ranges are open is measured over ``open_bounds`` (the dials its
-    registered runs span). Cached per family, keyed by the family's and the measurement's
-    source code.
-    """
-
-    from mlscale import measure
-    from mlscale.models import model_spec
-
-    spec = model_spec(family)
-    builder = inspect.unwrap(spec.builder)
-    try:
-        source = inspect.getsource(inspect.getmodule(builder) or builder)
-    except (OSError, TypeError):  # a user family without source files: keyed by its name
-        source = f"{builder.__module__}:{builder.__qualname__}"
-    bounds = (spec.width_range, spec.depth_range)
-    if not spec.bounded:
-        if open_bounds is None:
-            raise MlscaleError(f"family {family} declares no dial ranges and has no runs to "
-                               "take them from")
-        bounds = open_bounds
-    key = hashlib.sha256((source + inspect.getsource(measure) + f"{WIDTH_POINTS}{input_shape}"
-                          f"{num_classes}{bounds}").encode()).hexdigest()[:16]
-    path = cache_dir() / f"zoo-{arch_name(family)}-{key}.json"
-    if path.is_file():
-        with contextlib.suppress(OSError, ValueError):  # a damaged file is measured again
-            return pd.DataFrame(json.loads(path.read_text()))
-    (w_lo, w_hi), (d_lo, d_hi) = bounds
-    widths = sorted({float(f"{w:.3g}") for w in np.geomspace(w_lo, w_hi, WIDTH_POINTS)})
-    rows = []
-    on_status(f"measuring {family}'s dial grid ({len(widths) * (d_hi - d_lo + 1)} "
-              "configurations; cached)")
-    for depth in range(d_lo, d_hi + 1):
-        for width in widths:
-            cost = measure.cost_of(family, width, depth, input_shape, num_classes)
-            rows.append({"width": width, "depth": depth, "params": cost.params,
-                         "flops_per_sample": cost.flops_per_sample,
-                         "train_flops_per_sample": cost.train_flops_per_sample})
-    grid = pd.DataFrame(rows)
-    _write_json(path, grid.to_dict("list"))
-    return grid
 
 
 def registry_fingerprint(settings: MlflowSettings) -> str:
@@ -325,7 +273,7 @@ def load_registry_model(settings: MlflowSettings, dataset: str, *, refresh: bool
     on_status("reading the registry")
     model = build_registry_model(models_frame(settings, dataset=dataset), dataset, fingerprint,
                                  on_status)
-    _write_json(path, {"stamp": stamp, "model": model.to_dict()})
+    write_json(path, {"stamp": stamp, "model": model.to_dict()})
     return model, False
 
 
@@ -333,17 +281,6 @@ def _source_hash() -> str:
     """A hash of mlscale's own source files: a changed fit or zoo invalidates the cache
     (an editable install keeps its version number through every change)."""
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.rglob("*.py")):
+    for path in sorted(Path(__file__).parents[1].rglob("*.py")):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    """Write atomically; a cache that cannot be written is only a slower next answer."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = path.with_suffix(f".{os.getpid()}.tmp")
-        scratch.write_text(json.dumps(payload))
-        scratch.replace(path)
-    except OSError:
-        pass

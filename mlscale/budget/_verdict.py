@@ -18,16 +18,29 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mlscale.budget._advice import Estimate, Option
 
-__all__ = ["Verdict", "rank_families"]
+__all__ = ["RankedFamily", "Verdict", "rank_families"]
 
 _Z95 = NormalDist().inv_cdf(0.975)
+
+
+@dataclass(frozen=True)
+class RankedFamily:
+    """One family's best configuration for the budget, as the ranking lists it."""
+
+    family: str
+    width: float
+    depth: int
+    params: int
+    predicted_test_loss: float
+    predicted_accuracy: float
+    ranked: bool  # False: its fit is too weak to rank; listed after the ranked families
 
 
 @dataclass(frozen=True)
 class Verdict:
     """Families ranked for one budget, and how clearly the first beats the second."""
 
-    ranking: list[dict[str, Any]]  # family, predicted test loss and accuracy, best first
+    ranking: list[RankedFamily]  # the ranked families best first, then the weak fits
     winner: str
     runner_up: str | None
     loss_margin: float | None  # nats: the runner-up's predicted test loss less the winner's
@@ -35,7 +48,7 @@ class Verdict:
     confidence: float | None  # P(a run of the winner has the lower test loss)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"sentence": self.sentence()}
 
     def sentence(self) -> str:
         """One line: who wins, by how much, with what confidence."""
@@ -63,11 +76,11 @@ def rank_families(best: Option, others: list[Option], unranked: set[str]) -> Ver
     ``unranked`` names families whose fits are too weak to be ranked: they are listed
     (marked) but never the runner-up.
     """
-    options = sorted([best, *others], key=lambda o: o.predicted_test_loss.value)
-    ranking = [{"family": o.family, "width": o.width, "depth": o.depth, "params": o.params,
-                "predicted_test_loss": o.predicted_test_loss.value,
-                "predicted_accuracy": o.predicted_accuracy.value,
-                "ranked": o.family not in unranked} for o in options]
+    options = sorted([best, *others],
+                     key=lambda o: (o.family in unranked, o.predicted_test_loss.value))
+    ranking = [RankedFamily(o.family, o.width, o.depth, o.params, o.predicted_test_loss.value,
+                            o.predicted_accuracy.value, o.family not in unranked)
+               for o in options]
     rivals = [o for o in options if o.family != best.family and o.family not in unranked]
     if not rivals:
         return Verdict(ranking, best.family, None, None, None, None)

@@ -14,7 +14,7 @@ from mlscale.errors import MlscaleError
 DATASET_NAMES = ("mnist", "fashion-mnist")
 
 
-class _DatasetType(click.Choice):
+class _DatasetType(click.Choice[str]):
     """A built-in dataset name, or a user source ``npz:PATH``, ``imagefolder:PATH`` or
     ``torchvision:NAME`` (checked for form here, read by the command)."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,6 +15,9 @@ from mlscale.cli._base import (
     tracking_option,
 )
 from mlscale.errors import MlscaleError
+
+if TYPE_CHECKING:
+    from mlscale.budget import Advice, Estimate, Option
 
 
 @cli.command()
@@ -65,16 +68,16 @@ def budget(flops: float | None, target_accuracy: float | None, dataset: str,
         _print_advice(advice)
 
 
-def _estimate_text(estimate: Any, fmt: str) -> str:
+def _estimate_text(estimate: Estimate | None, fmt: str) -> str:
     if estimate is None:
         return "not predicted"
     text = fmt.format(estimate.value)
-    if estimate.lower is not None:
+    if estimate.lower is not None and estimate.upper is not None:
         text += f" [{fmt.format(estimate.lower)}, {fmt.format(estimate.upper)}]"
     return text
 
 
-def _option_lines(option: Any, indent: str = "  ") -> list[str]:
+def _option_lines(option: Option, indent: str = "  ") -> list[str]:
     return [
         f"{option.family} width {option.width:g} depth {option.depth}: {option.params:,} "
         f"params, {option.samples_seen:,} samples seen ({option.epochs:.3g} epochs), "
@@ -86,7 +89,7 @@ def _option_lines(option: Any, indent: str = "  ") -> list[str]:
     ]
 
 
-def _print_advice(advice: Any) -> None:
+def _print_advice(advice: Advice) -> None:
     option = advice.recommendation
     asked = (f"the least budget predicted to reach {advice.target_accuracy:.2%}: "
              if advice.target_accuracy is not None else "")
@@ -104,17 +107,17 @@ def _print_advice(advice: Any) -> None:
                f"{near['params']:,.0f} params, {near['train_flops']:.3g} FLOPs, "
                f"test accuracy {near['test_accuracy']:.2%}, loss {near['test_loss']:.4f})")
     click.echo(f"  train it: {advice.train_command}")
-    ranking = advice.verdict.get("ranking", [])
-    if len(ranking) > 1:
+    if advice.verdict is not None and len(advice.verdict.ranking) > 1:
         click.echo("Ranking (predicted test loss, accuracy): " + "; ".join(
-            f"{i}. {r['family']} {r['predicted_test_loss']:.4f}, {r['predicted_accuracy']:.2%}"
-            + ("" if r["ranked"] else " (weak fit)") for i, r in enumerate(ranking, 1)))
-        click.echo(f"Verdict: {advice.verdict_line}")
+            f"{i}. {r.family} {r.predicted_test_loss:.4f}, {r.predicted_accuracy:.2%}"
+            + ("" if r.ranked else " (weak fit)")
+            for i, r in enumerate(advice.verdict.ranking, 1)))
+        click.echo(f"Verdict: {advice.verdict.sentence()}")
     if advice.alternatives:
         click.echo("Alternatives:")
         for alt in advice.alternatives:
-            first, second = _option_lines(alt["option"], "    ")
-            click.echo(f"  {alt['kind']} ({alt['why']}): {first}")
+            first, second = _option_lines(alt.option, "    ")
+            click.echo(f"  {alt.kind} ({alt.why}): {first}")
             click.echo(second)
     if advice.warnings:
         click.echo("Warnings:")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,9 +14,12 @@ from mlscale.cli._base import (
     json_option,
     tracking_option,
 )
+from mlscale.cost_card import CostCard
 from mlscale.errors import MlscaleError
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from mlscale.registry import MlflowSettings
 
 
@@ -43,16 +46,15 @@ def models(dataset: str | None, arch: str | None, as_csv: bool, tracking_uri: st
         _print_models_table(frame)
 
 
-def _print_models_table(frame: Any) -> None:
+def _print_models_table(frame: pd.DataFrame) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"registered models ({len(frame)} versions; FLOPs = 2 x MACs)")
     columns = [("model", "model_uri", "{}"), ("alias", "aliases", "{}"),
-               ("params", "params", "{:,.0f}"), ("FLOPs/sample", "flops_per_sample", "{:,.0f}"),
-               ("train FLOPs", "train_flops", "{:.3g}"), ("test acc", "test_accuracy", "{:.2%}"),
-               ("test loss", "test_loss", "{:.4f}"), ("p50 ms", "latency_p50_ms", "{:.3f}"),
-               ("p90 ms", "latency_p90_ms", "{:.3f}"), ("samples/s", "throughput", "{:,.0f}")]
+               *map(CostCard.column, ("params", "flops_per_sample", "train_flops",
+                                      "test_accuracy", "test_loss", "latency_p50_ms",
+                                      "latency_p90_ms", "throughput"))]
     for header, _, _ in columns:
         table.add_column(header, justify="left" if header in ("model", "alias") else "right")
     for row in frame.to_dict("records"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +16,10 @@ from mlscale.cli._base import (
     tracking_option,
 )
 from mlscale.errors import MlscaleError
+
+if TYPE_CHECKING:
+    from mlscale._signals import Interrupted
+    from mlscale.search import SearchSummary
 
 
 @cli.command()
@@ -122,12 +126,12 @@ class _Stopped(MlscaleError):
         self.exit_code = exit_code
 
     @classmethod
-    def by_signal(cls, stop: Any) -> _Stopped:
+    def by_signal(cls, stop: Interrupted) -> _Stopped:
         return cls(stop.exit_code, f"{stop}: a running trial is FAIL (interrupted) and its "
                                    "run KILLED; run the same command again to resume")
 
 
-def _print_search_summary(summary: Any) -> None:
+def _print_search_summary(summary: SearchSummary) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -147,13 +151,18 @@ def _print_search_summary(summary: Any) -> None:
             table.add_column(column, justify="left" if column in ("model", "registered")
                              else "right")
         for row in rows:
-            m = row["metrics"]
-            table.add_row(str(row["trial"]), row["run_name"] or "", f"{m['val_loss']:.4f}",
-                          f"{m['test_accuracy']:.2%}", f"{m['params']:,}",
-                          f"{m['train_flops']:.3g}", f"{m['latency_p90_ms']:.3f}",
-                          row["model_uri"] or "")
+            m = row.metrics
+            table.add_row(str(row.trial), row.run_name or "", _figure(m.val_loss, ".4f"),
+                          _figure(m.test_accuracy, ".2%"), _figure(m.params, ",.0f"),
+                          _figure(m.train_flops, ".3g"), _figure(m.latency_p90_ms, ".3f"),
+                          row.model_uri or "")
         console.print(table)
     if summary.best:
-        console.print(f"best: {summary.best['run_name']} -> {summary.best['model_uri']}")
+        console.print(f"best: {summary.best.run_name} -> {summary.best.model_uri}")
     console.print(f"plots and summary logged to MLflow run {summary.parent_run_id}; "
                   "browse with `mlscale ui`")
+
+
+def _figure(value: float | None, spec: str) -> str:
+    """``value`` formatted, or "-" where the trial did not measure it."""
+    return "-" if value is None else format(value, spec)

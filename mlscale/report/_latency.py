@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlscale.cost_card import CostCard
 from mlscale.errors import MlscaleError
 from mlscale.markdown import markdown_table
 from mlscale.report._page import (
@@ -45,12 +46,12 @@ if TYPE_CHECKING:
 __all__ = ["REPORT_EXPERIMENT", "ReportResult", "latency_report", "select_models"]
 
 HTML_NAME, MARKDOWN_NAME = "latency_report.html", "latency_report.md"
-SUMMARY_COLUMNS = [  # (header, column, format)
-    ("model", "model_uri", "{}"), ("family", "arch", "{}"), ("params", "params", "{:,.0f}"),
-    ("FLOPs/sample", "flops_per_sample", "{:,.0f}"), ("test acc", "test_accuracy", "{:.2%}"),
-    ("p50 ms", "latency_p50_ms", "{:.4f}"), ("p90 ms", "latency_p90_ms", "{:.4f}"),
-    ("p99 ms", "latency_p99_ms", "{:.4f}"), ("torch p50 ms", "torch_p50_ms", "{:.4f}"),
-    ("ORT speed-up", "ort_speedup", "{:.2f}x"), ("best samples/s", "best_throughput", "{:,.0f}"),
+SUMMARY_COLUMNS = [  # (header, column, format): the cost card's figures, then the report's
+    ("model", "model_uri", "{}"), ("family", "arch", "{}"),
+    *map(CostCard.column, ("params", "flops_per_sample", "test_accuracy", "latency_p50_ms",
+                           "latency_p90_ms", "latency_p99_ms")),
+    ("torch p50 ms", "torch_p50_ms", "{:.4f}"), ("ORT speed-up", "ort_speedup", "{:.2f}x"),
+    ("best samples/s", "best_throughput", "{:,.0f}"),
 ]
 
 

@@ -29,6 +29,7 @@ from mlscale.scaling._fit import (
 from mlscale.scaling._laws import LAWS, R_STAR, Law, effective_data
 from mlscale.scaling._points import (
     FitReport,
+    ParamEstimate,
     fit_points,
     log_fit,
     points_from_experiment,
@@ -59,6 +60,7 @@ __all__ = [
     "Law",
     "LawCandidate",
     "LawSelection",
+    "ParamEstimate",
     "Regimes",
     "Saturation",
     "ScalingFit",

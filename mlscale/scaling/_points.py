@@ -2,7 +2,7 @@
 extrapolation check, plots, and (for the store) an MLflow run that records it all.
 
 >>> points = points_from_csv("runs.csv", n_col="N", loss_col="loss")  # doctest: +SKIP
->>> fit_points(points, "n").params["alpha"]["value"]                  # doctest: +SKIP
+>>> fit_points(points, "n").params["alpha"].value                     # doctest: +SKIP
 0.31
 """
 
@@ -32,6 +32,16 @@ HOLDOUT_SHARE = 0.2  # the extrapolation check holds out the top 20% of compute
 SAME_BUDGET = 1.01  # compute values closer than 1% belong to one budget
 
 
+@dataclass(frozen=True)
+class ParamEstimate:
+    """One fitted parameter: its value, standard error and confidence interval."""
+
+    value: float
+    bse: float
+    lower: float
+    upper: float
+
+
 @dataclass
 class FitReport:
     """A fit as numbers: parameters with intervals, goodness, extrapolation, allocation."""
@@ -39,7 +49,7 @@ class FitReport:
     law: str
     target: str
     nobs: int
-    params: dict[str, dict[str, float]]
+    params: dict[str, ParamEstimate]
     goodness: dict[str, float]
     extrapolation: dict[str, Any] | None
     compute_optimal: dict[str, Any] | None
@@ -52,7 +62,7 @@ class FitReport:
 
     def to_dict(self) -> dict[str, Any]:
         payload = asdict(self)
-        payload |= self.params  # each parameter also by its own name, as the CLI promises
+        payload |= payload["params"]  # each parameter also by its own name, as the CLI promises
         return payload
 
 
@@ -115,12 +125,12 @@ def slice_for_law(points: pd.DataFrame, law: str) -> pd.DataFrame:
     return points[points[fixed] == best]
 
 
-def _params_table(fit: ScalingFit, alpha: float) -> dict[str, dict[str, float]]:
+def _params_table(fit: ScalingFit, alpha: float) -> dict[str, ParamEstimate]:
     intervals = fit.conf_int(alpha, method="bootstrap" if fit.bootstrap_params is not None
                              else "wald")
-    return {name: {"value": float(fit.params[name]), "bse": float(fit.bse[name]),
-                   "lower": float(intervals.loc[name, "lower"]),
-                   "upper": float(intervals.loc[name, "upper"])}
+    return {name: ParamEstimate(float(fit.params[name]), float(fit.bse[name]),
+                                float(intervals.loc[name, "lower"]),
+                                float(intervals.loc[name, "upper"]))
             for name in fit.param_names}
 
 
@@ -296,7 +306,8 @@ def log_fit(report: FitReport, settings: MlflowSettings, experiment: str,
             tags={"mlscale.kind": "scaling-fit"}) as run:
         mlflow.log_params({"law": report.law, "target": report.target, "nobs": report.nobs,
                            **options})
-        metrics = {f"{name}_{part}": values[part] for name, values in report.params.items()
+        metrics = {f"{name}_{part}": getattr(estimate, part)
+                   for name, estimate in report.params.items()
                    for part in ("value", "lower", "upper")}
         metrics |= report.goodness
         if report.extrapolation:

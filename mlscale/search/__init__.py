@@ -28,8 +28,8 @@ from mlscale.search._attrs import (
 from mlscale.search._costs import committed_flops
 from mlscale.search._failures import FAIL_REASON
 from mlscale.search._run import default_storage, run_search, study_summary
-from mlscale.search._summary import SearchProgress, SearchSummary
+from mlscale.search._summary import SearchProgress, SearchSummary, TrialMetrics, TrialRow
 
 __all__ = ["FAIL_REASON", "PARENT_RUN", "PLANNED", "PRUNE_REASON", "RUN_ID", "SPENT", "WORKER",
-           "SearchProgress", "SearchSummary", "committed_flops", "default_storage",
-           "run_search", "stale_after_s", "study_summary"]
+           "SearchProgress", "SearchSummary", "TrialMetrics", "TrialRow", "committed_flops",
+           "default_storage", "run_search", "stale_after_s", "study_summary"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from mlscale.pipeline import Pipeline
@@ -28,6 +28,39 @@ class SearchProgress:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class TrialMetrics:
+    """What a finished trial measured (None where it stopped before measuring it)."""
+
+    val_loss: float | None
+    val_accuracy: float | None
+    test_loss: float | None
+    test_accuracy: float | None
+    params: float | None
+    train_flops: float | None
+    samples_seen: float | None
+    latency_p90_ms: float | None
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One trial in a summary: its knobs, its figures and where its model is registered."""
+
+    trial: int
+    config: dict[str, Any]  # knob -> value, as the pipeline names the knobs
+    metrics: TrialMetrics
+    run_name: str | None
+    model_uri: str | None
+    mlflow_run_id: str | None
+
+    @classmethod
+    def of(cls, trial: optuna.trial.FrozenTrial) -> TrialRow:
+        attrs = trial.user_attrs
+        metrics = TrialMetrics(**{f.name: attrs.get(f.name) for f in fields(TrialMetrics)})
+        return cls(trial.number, _knob_values(trial.params), metrics, attrs.get("run_name"),
+                   attrs.get("model_uri"), attrs.get(RUN_ID))
+
+
 @dataclass
 class SearchSummary:
     """The end of a search: budget ledger, trial counts, the best configurations."""
@@ -36,25 +69,15 @@ class SearchSummary:
     storage: str
     budget_flops: float
     flops_spent: float
-    n_trials: dict[str, int]
-    best: dict[str, Any] | None
-    best_per_family: list[dict[str, Any]]
-    pareto_front: list[dict[str, Any]]
+    n_trials: dict[str, int]  # by Optuna state name
+    best: TrialRow | None
+    best_per_family: list[TrialRow]
+    pareto_front: list[TrialRow]
     parent_run_id: str
     plots: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    attrs = trial.user_attrs
-    return {"trial": trial.number, "config": _knob_values(trial.params),
-            "metrics": {k: attrs.get(k) for k in ("val_loss", "val_accuracy", "test_loss",
-                                                  "test_accuracy", "params", "train_flops",
-                                                  "samples_seen", "latency_p90_ms")},
-            "run_name": attrs.get("run_name"), "model_uri": attrs.get("model_uri"),
-            "mlflow_run_id": attrs.get(RUN_ID)}
 
 
 def _summarise(study: optuna.Study, pipeline: Pipeline, storage_url: str,
@@ -68,9 +91,9 @@ def _summarise(study: optuna.Study, pipeline: Pipeline, storage_url: str,
     for family in pipeline.families:
         mine = [t for t in complete if t.params.get("family") == family]
         if mine:
-            best_per_family.append(_trial_row(min(mine, key=lambda t: t.values[0])))
-    best = _trial_row(min(complete, key=lambda t: t.values[0])) if complete else None
-    pareto = ([_trial_row(t) for t in study.best_trials]
+            best_per_family.append(TrialRow.of(min(mine, key=lambda t: t.values[0])))
+    best = TrialRow.of(min(complete, key=lambda t: t.values[0])) if complete else None
+    pareto = ([TrialRow.of(t) for t in study.best_trials]
               if len(pipeline.objectives) > 1 and complete else [])
     return SearchSummary(study.study_name, storage_url, pipeline.budget_flops,
                          _spent_flops(trials), dict(counts), best, best_per_family, pareto,
