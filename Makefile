@@ -33,6 +33,7 @@ system-deps:
 demo: setup
 	$(BIN)/mlscale data prepare --dataset mnist
 	$(BIN)/mlscale search pipelines/quickstart.yaml
+	$(BIN)/mlscale search pipelines/lineage_lenet5.yaml --workers 2
 	$(BIN)/mlscale search pipelines/lineage_scaling.yaml --workers 2
 	$(BIN)/mlscale search pipelines/efficientnet_scaling.yaml --workers 2
 	$(BIN)/mlscale models

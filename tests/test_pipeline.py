@@ -116,7 +116,7 @@ def test_the_main_job_grids_span_10x_in_params_and_data() -> None:
     from mlscale.models import get_model
 
     covered = set()
-    for name in ("lineage_scaling", "efficientnet_scaling"):
+    for name in ("lineage_lenet5", "lineage_scaling", "efficientnet_scaling"):
         pipeline = load_pipeline(Path(PIPELINES[0]).parent / f"{name}.yaml")
         assert pipeline.sampler == "grid"
         sizes = pipeline.space["train_size"].values or ()
