@@ -31,7 +31,7 @@ def test_a_family_claimed_by_another_child_is_left_to_the_parent(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLSCALE_CACHE_DIR", str(tmp_path))
     path, _ = _grid_cache("lenet5", SHAPE, 10, JOBS["lenet5"])
-    path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".claim").touch()  # a child that died mid-measurement
     measure_grids(JOBS, SHAPE, 10, lambda _: None)
     assert not path.is_file()
