@@ -34,8 +34,10 @@ demo: setup
 	$(BIN)/mlscale data prepare --dataset mnist
 	$(BIN)/mlscale search pipelines/quickstart.yaml
 	$(BIN)/mlscale search pipelines/lineage_lenet5.yaml --workers 2
-	$(BIN)/mlscale search pipelines/lineage_scaling.yaml --workers 2
-	$(BIN)/mlscale search pipelines/efficientnet_scaling.yaml --workers 2
+	$(BIN)/mlscale search pipelines/lineage_widths.yaml --workers 2
+	$(BIN)/mlscale search pipelines/lineage_sizes.yaml --workers 2
+	$(BIN)/mlscale search pipelines/efficientnet_widths.yaml --workers 2
+	$(BIN)/mlscale search pipelines/efficientnet_sizes.yaml --workers 2
 	$(BIN)/mlscale models
 	$(BIN)/mlscale fit --experiment mlscale-mnist --arch lenet5 --law nd
 	$(BIN)/mlscale budget --flops 1e15

@@ -322,3 +322,36 @@ def test_bad_input_elsewhere() -> None:
         pareto_front(pd.DataFrame({"error": [0.1]}), "cost", "error")
     with pytest.raises(MlscaleError, match="positive"):
         effective_data([-1.0], 10)
+
+
+def test_the_smoothed_saturation_curve_stays_within_what_was_measured() -> None:
+    """Two close parameter counts with different accuracies made LOWESS's local lines
+    swing to 118% accuracy between widths (the main job's alexnet_mini)."""
+    from mlscale.scaling._study import smoothed
+
+    n = [25794, 95194, 100730, 398058]
+    accuracy = [0.9383, 0.9404, 0.9597, 0.9467]
+    curve = smoothed(n, accuracy)
+    assert min(accuracy) - 0.01 < curve["smoothed"].min()
+    assert curve["smoothed"].max() < max(accuracy)
+
+
+def test_a_five_point_law_has_intervals_and_a_vanished_floor_is_pinned() -> None:
+    """On 5 points LAD's kernel covariance is undefined: least squares' covariance stands
+    in. A floor fitted to ~0 moves nothing: it has no interval, the other parameters do,
+    and the prediction band is finite."""
+    n = np.array([4358.0, 7836.0, 16860.0, 33754.0, 61706.0])
+    loss = np.array([0.2258, 0.2164, 0.1720, 0.1286, 0.1147])  # the main job's lenet5
+    fit = fit_law({"N": n, "loss": loss}, "n")
+    assert fit.params["L_inf"] < 1e-6
+    intervals = fit.conf_int()
+    assert intervals.loc["L_inf"].isna().all()
+    assert np.isfinite(intervals.loc[["A", "alpha"]].to_numpy()).all()
+    low, high = intervals.loc["alpha"]
+    assert low < fit.params["alpha"] < high
+    _, lower, upper = fit.predict_interval(N=[1e4, 1e5])
+    assert np.isfinite(lower).all() and np.isfinite(upper).all() and (lower < upper).all()
+    wobble = np.array([1.02, 0.98, 1.01, 0.99, 1.0])
+    floored = fit_law({"N": n, "loss": (0.05 + 30 * n**-0.5) * wobble}, "n")
+    assert floored.params["L_inf"] > 0.01
+    assert np.isfinite(floored.conf_int().to_numpy()).all()

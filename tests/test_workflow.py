@@ -186,3 +186,25 @@ def test_a_model_uri_that_does_not_exist_is_an_error(fresh_store: str) -> None:
         load_registered_onnx("models:/mnist-nothing/7", load_settings())
     with pytest.raises(MlscaleError, match="malformed model URI"):
         load_registered_onnx("models:/just-a-name", load_settings())
+
+
+def test_a_projects_own_mlflow_yaml_holds_both_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a project folder with its own mlflow.yaml, the MLflow store and the search's
+    Optuna store both resolve there (not into mlscale's checkout); from a subfolder of it,
+    MLSCALE_MLFLOW_CONFIG keeps them together too."""
+    from mlscale.search import default_storage
+
+    monkeypatch.delenv("MLSCALE_MLFLOW_CONFIG", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "mlflow.yaml").write_text("tracking_uri: sqlite:///runs/mlflow.db\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().tracking_uri == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert default_storage() == f"sqlite:///{tmp_path / 'registry' / 'optuna.db'}"
+    nested = tmp_path / "notebooks"
+    nested.mkdir()
+    monkeypatch.chdir(nested)
+    monkeypatch.setenv("MLSCALE_MLFLOW_CONFIG", str(tmp_path / "mlflow.yaml"))
+    assert default_storage() == f"sqlite:///{tmp_path / 'registry' / 'optuna.db'}"
+    assert load_settings().tracking_uri == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"

@@ -12,7 +12,12 @@ expect. ``mlscale.workflow`` writes runs and versions; this module opens, names 
 from __future__ import annotations
 
 from mlscale.registry._frame import NUMERIC_COLUMNS, frame_to_json, models_frame
-from mlscale.registry._settings import MlflowSettings, check_uri_scheme, load_settings
+from mlscale.registry._settings import (
+    MlflowSettings,
+    check_uri_scheme,
+    config_dir,
+    load_settings,
+)
 from mlscale.registry._store import all_pages, client, experiment_id, mlflow_errors
 from mlscale.registry._versions import (
     CHAMPION,
@@ -37,6 +42,7 @@ __all__ = [
     "all_pages",
     "check_uri_scheme",
     "client",
+    "config_dir",
     "experiment_id",
     "frame_to_json",
     "load_registered_onnx",

@@ -34,14 +34,22 @@ class MlflowSettings:
         return self.registered_model.format(dataset=dataset_name(dataset), arch=arch_name(arch))
 
 
-def _config_path() -> Path | None:
+def config_path() -> Path | None:
+    """The ``mlflow.yaml`` in force: ``$MLSCALE_MLFLOW_CONFIG``, else the working
+    directory's (a user's own project), else mlscale's checkout's (the embedded default)."""
     if env := os.environ.get(CONFIG_ENV):
         return Path(env)
-    checkout = Path(__file__).resolve().parents[2] / "mlflow.yaml"
-    if checkout.is_file():
-        return checkout
     cwd = Path.cwd() / "mlflow.yaml"
-    return cwd if cwd.is_file() else None
+    if cwd.is_file():
+        return cwd
+    checkout = Path(__file__).resolve().parents[2] / "mlflow.yaml"
+    return checkout if checkout.is_file() else None
+
+
+def config_dir() -> Path:
+    """The folder local stores resolve against: the config's, else the working directory."""
+    path = config_path()
+    return path.parent.resolve() if path is not None else Path.cwd()
 
 
 def _absolute_sqlite(uri: str, base: Path) -> str:
@@ -85,7 +93,7 @@ def load_settings(tracking_uri: str | None = None, *, create: bool = True) -> Ml
     """
     from mlscale.checks import load_yaml_file
 
-    path = _config_path()
+    path = config_path()
     values: dict[str, Any] = {}
     if path is not None:
         values = load_yaml_file(path, "MLflow settings") or {}
@@ -93,7 +101,7 @@ def load_settings(tracking_uri: str | None = None, *, create: bool = True) -> Ml
         if not isinstance(values, dict) or set(values) - known:
             unknown = sorted(set(values) - known) if isinstance(values, dict) else values
             raise MlscaleError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
-    base = path.parent if path is not None else Path.cwd()
+    base = config_dir()
     settings = MlflowSettings(**values)
     override = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     artifact_location = settings.artifact_location

@@ -154,6 +154,9 @@ def fit_theta(problem: Problem) -> tuple[NDArray[np.float64], float]:
     return min(fits, key=lambda fit: fit[1] if np.isfinite(fit[1]) else np.inf)
 
 
+PINNED_EFFECT = 1e-6  # a parameter that moves no fitted log loss by more than this is pinned
+
+
 def lad_covariance(problem: Problem, theta: NDArray[np.float64]) -> NDArray[np.float64]:
     """Covariance of theta by linearising log L-hat around the optimum.
 
@@ -163,13 +166,39 @@ def lad_covariance(problem: Problem, theta: NDArray[np.float64]) -> NDArray[np.f
     statsmodels' QuantReg at q = 0.5 on the linearised model (residuals on J) estimates
     exactly that, f(0) by a kernel estimate with the Hall-Sheather bandwidth. (The Huber
     sandwich instead needs the share of residuals within +-delta, a handful of points.)
+
+    On a handful of points LAD interpolates as many of them as it has parameters, the
+    kernel estimate of f(0) degenerates and QuantReg's covariance is not finite; there the
+    covariance is least squares' s^2 (J'J)^-1 on the same linearisation (s^2 on n - p
+    degrees of freedom). A parameter whose term has vanished from the fit (a floor E at 0,
+    an amplitude at 0) is pinned: its row and column are NaN (no interval), and the others
+    are estimated without it.
     """
     pred, jac = problem.predict_jacobian(theta)
+    resid = problem.log_y - pred
+    free = np.abs(jac).max(axis=0) > PINNED_EFFECT
+    cov = np.full((theta.size, theta.size), np.nan)
+    if not free.any():
+        return cov
     with warnings.catch_warnings():
         # The linear LAD coefficients are ~0 at the optimum and unused; only f(0) matters.
         warnings.simplefilter("ignore", IterationLimitWarning)
-        fit = QuantReg(problem.log_y - pred, jac).fit(q=0.5, max_iter=200)
-    return np.asarray(fit.cov_params())
+        warnings.simplefilter("ignore", RuntimeWarning)  # its degenerate f(0), handled below
+        sub = np.asarray(QuantReg(resid, jac[:, free]).fit(q=0.5, max_iter=200).cov_params())
+    if not np.all(np.isfinite(sub)):
+        sub = _least_squares_covariance(resid, jac[:, free])
+    cov[np.ix_(free, free)] = sub
+    return cov
+
+
+def _least_squares_covariance(resid: NDArray[np.float64], jac: NDArray[np.float64]
+                              ) -> NDArray[np.float64]:
+    """s^2 (J'J)^-1, NaN where no degrees of freedom are left or J'J is singular."""
+    n, p = jac.shape
+    normal = jac.T @ jac
+    if n <= p or np.linalg.cond(normal) > 1e14:
+        return np.full((p, p), np.nan)
+    return float(resid @ resid) / (n - p) * np.linalg.inv(normal)
 
 
 def bootstrap_thetas(problem: Problem, theta: NDArray[np.float64], n_resamples: int,

@@ -61,6 +61,17 @@ class ScalingFit:
         cov = self.cov_theta * np.outer(scale, scale)
         return pd.DataFrame(cov, index=self.param_names, columns=self.param_names)
 
+    def cov_held(self) -> NDArray[np.float64]:
+        """``cov_theta`` with pinned parameters (NaN rows: their term vanished from the fit)
+        held at their estimate, for bands and draws; all NaN if nothing was estimated."""
+        pinned = np.isnan(self.cov_theta).all(axis=1)
+        if pinned.all():
+            return self.cov_theta
+        held = self.cov_theta.copy()
+        held[pinned, :] = 0.0
+        held[:, pinned] = 0.0
+        return held
+
     @property
     def bse(self) -> pd.Series:
         return pd.Series(_std_errors(self.cov_params()), index=self.param_names, name="bse")
@@ -88,12 +99,13 @@ class ScalingFit:
         if self.bootstrap_theta is not None:
             theta = self.bootstrap_theta
         else:
-            if not np.all(np.isfinite(self.cov_theta)):
+            held = self.cov_held()
+            if not np.all(np.isfinite(held)):
                 raise MlscaleError("the covariance could not be estimated (too few points "
                                    "for it); fit with bootstrap=B for draws")
             # The linearised covariance can be slightly indefinite on weak fits: draw from
             # its nearest positive-semidefinite matrix (negative eigenvalues set to 0).
-            values, vectors = np.linalg.eigh((self.cov_theta + self.cov_theta.T) / 2)
+            values, vectors = np.linalg.eigh((held + held.T) / 2)
             cov = (vectors * np.clip(values, 0, None)) @ vectors.T
             rng = np.random.default_rng(seed)
             theta = rng.multivariate_normal(self.theta, cov, size=size, method="eigh",
@@ -155,7 +167,7 @@ class ScalingFit:
         _, core = log_prediction(self.theta, log_xs)
         jac = np.zeros((self.theta.size, *core.shape[1:]))  # R*, if fitted, held fixed
         jac[: core.shape[0]] = core
-        variance = np.einsum("i...,ij,j...->...", jac, self.cov_theta, jac)
+        variance = np.einsum("i...,ij,j...->...", jac, self.cov_held(), jac)
         df = self.nobs - self.theta.size
         if df < 1:
             return value, np.full_like(value, np.nan), np.full_like(value, np.nan)

@@ -58,9 +58,11 @@ def best_by(runs: pd.DataFrame, cost: str, value: str, higher_is_better: bool = 
 def smoothed(x: ArrayLike, accuracy: ArrayLike) -> pd.DataFrame:
     """``saturation_point``'s LOWESS curve (x, smoothed, gain_per_decade) with windows of
     about ``LOWESS_POINTS`` points, at most 2/3 of them (wide windows on many points flatten
-    a sharp saturation), widened a point at a time where a local fit is undefined."""
+    a sharp saturation), widened a point at a time where a local fit is undefined. With
+    ``LOWESS_POINTS`` or fewer, one window holds them all: local lines through 2-3 of 4
+    points swung to 118% accuracy between two close parameter counts."""
     n = len(np.asarray(x))
-    frac = min(2 / 3, LOWESS_POINTS / n)
+    frac = 1.0 if n <= LOWESS_POINTS else min(2 / 3, LOWESS_POINTS / n)
     while True:
         curve = saturation_point(x, accuracy, SATURATED_GAIN, frac=frac).curve
         if frac >= 1 or not curve["smoothed"].isna().any():

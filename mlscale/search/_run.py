@@ -8,7 +8,6 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlscale._signals import deferred_signals
@@ -45,11 +44,13 @@ if TYPE_CHECKING:
 
 
 def default_storage() -> str:
-    """``registry/optuna.db`` beside ``mlflow.yaml`` (the checkout), else in the cwd."""
-    checkout = Path(__file__).resolve().parents[1]
-    base = checkout if (checkout / "mlflow.yaml").is_file() else Path.cwd()
-    (base / "registry").mkdir(exist_ok=True)
-    return f"sqlite:///{base / 'registry' / 'optuna.db'}"
+    """``registry/optuna.db`` beside the MLflow config in force (``config_dir``), so the
+    study and its MLflow runs live in the same project whichever folder a search starts in."""
+    from mlscale.registry import config_dir
+
+    folder = config_dir() / "registry"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'optuna.db'}"
 
 
 def _storage(url: str, heartbeat_interval: int, on_stale: Callable[..., None]) -> Any:

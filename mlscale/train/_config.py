@@ -12,7 +12,10 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-EVAL_BATCH = 1000
+# Evaluation batch: on this 2-core CPU, 12,000 samples evaluated 1.4-1.6x faster in batches
+# of 256 than of 1,000 (activations stay in cache): efficientnet_mini w1.1 10.8 s vs 15.3 s,
+# vgg_mini w1 2.4 s vs 3.9 s, inception_mini w1 2.0 s vs 3.3 s.
+EVAL_BATCH = 256
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
