@@ -26,7 +26,7 @@ from flops_utilisation import gemm_peaks
 import mlscale.models._registry as registry
 from mlscale.measure import measure_model
 from mlscale.models import get_model
-from mlscale.train import _channels_last_is_safe
+from mlscale.train import channels_last_is_safe
 
 from _common import machine
 
@@ -78,7 +78,7 @@ def exact_channels() -> Iterator[None]:
 
 def step_seconds(model: torch.nn.Module, repeats: int) -> float:
     """Best time of one fp32 training step at batch 256, as the trainer takes it."""
-    channels_last = _channels_last_is_safe(model)
+    channels_last = channels_last_is_safe(model)
     x = torch.randn(BATCH, 1, 28, 28)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

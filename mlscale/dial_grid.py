@@ -90,8 +90,8 @@ def measure_grids(jobs: dict[str, Bounds], input_shape: tuple[int, int, int],
                   num_classes: int, on_status: Callable[[str], None]) -> None:
     """Fill the grid cache for ``jobs`` (family -> the dials its runs span) with one child
     process per core. Measuring is single-threaded Python dispatch (FlopCounterMode), so
-    two processes on two cores take about 0.6x the time (68 s against 116 s for the six
-    families' grids, measured here). Children, not multiprocessing:
+    two processes on two cores take about 0.6x the time (61 s against 100 s for the six
+    families' grids, benchmarks/dial_grid.py). Children, not multiprocessing:
     its spawned workers re-import the caller's main module. What a child cannot measure
     (a family registered only in this process) is left to ``measured_grid`` here."""
     import subprocess

@@ -355,3 +355,16 @@ def test_a_five_point_law_has_intervals_and_a_vanished_floor_is_pinned() -> None
     floored = fit_law({"N": n, "loss": (0.05 + 30 * n**-0.5) * wobble}, "n")
     assert floored.params["L_inf"] > 0.01
     assert np.isfinite(floored.conf_int().to_numpy()).all()
+
+
+def test_a_fit_that_ran_off_along_a_flat_direction_still_predicts_finite_losses() -> None:
+    """A held-out fit on few points ran its amplitude past 1e308 with a large exponent
+    (the main job's efficientnet_mini): A * N**-alpha was inf * 0, the check read nan%."""
+    from dataclasses import replace
+
+    n = np.array([1e4, 2e4, 4e4, 8e4, 1.6e5])
+    fit = fit_law({"N": n, "loss": 0.05 + 30 * n**-0.5}, "n")
+    runaway = replace(fit, theta=np.array([np.log(0.05), 750.0, 60.0]))
+    predicted = runaway.predict(N=[1e6])
+    assert np.isfinite(predicted).all()
+    assert predicted[0] == pytest.approx(0.05 + np.exp(750.0 - 60.0 * np.log(1e6)))

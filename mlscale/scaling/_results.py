@@ -49,7 +49,8 @@ class ScalingFit:
         return np.array([i <= n_terms or i == 1 + 2 * n_terms for i in range(self.theta.size)])
 
     def _public(self, theta: NDArray[np.float64]) -> NDArray[np.float64]:
-        return np.where(self._logged(), np.exp(theta), theta)
+        with np.errstate(over="ignore"):  # an unbounded amplitude or interval end is inf
+            return np.where(self._logged(), np.exp(theta), theta)
 
     @property
     def params(self) -> pd.Series:
@@ -139,7 +140,11 @@ class ScalingFit:
             if var == "D" and unique is not None:
                 x = effective_data(x, unique, self.r_star)
             xs[var] = x
-        return self.law.evaluate(self.params, xs)
+        # In log space, from theta: a fit that ran off along a flat direction (an amplitude
+        # past 1e308 with its exponent large) still predicts finite losses; the public
+        # params' A * x**-alpha would be inf * 0.
+        log_loss, _ = log_prediction(self.theta, [np.log(xs[var]) for _, _, var in self.law.terms])
+        return np.exp(log_loss)
 
     def predict_interval(self, N: ArrayLike | None = None, D: ArrayLike | None = None,
                          C: ArrayLike | None = None, *, unique: ArrayLike | None = None,

@@ -34,7 +34,7 @@ def _keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 1024 * 1024 * 1024)
 
 
-def _channels_last_is_safe(model: nn.Module) -> bool:
+def channels_last_is_safe(model: nn.Module) -> bool:
     """Whether to train ``model`` in channels_last, oneDNN's fast layout on CPU.
 
     Not for models with a strided 1x1 convolution (ResNet's downsample): in torch 2.14.1

@@ -17,10 +17,10 @@ if TYPE_CHECKING:
     from mlscale.measure import ModelCost
 from mlscale.train._config import EVAL_BATCH, EpochMetrics, Progress, TrainConfig, TrainResult
 from mlscale.train._device import (
-    _channels_last_is_safe,
     _keep_freed_memory,
     _resolve_device,
     _resolve_precision,
+    channels_last_is_safe,
 )
 
 
@@ -175,7 +175,7 @@ def train(
     cost = measure_model(model, info.input_shape, info.num_classes)
     total_samples = _plan_samples(config, len(train_idx), cost)
 
-    channels_last = device.type == "cpu" and _channels_last_is_safe(model)
+    channels_last = device.type == "cpu" and channels_last_is_safe(model)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
