@@ -76,8 +76,9 @@ def exact_channels() -> Iterator[None]:
             module.scale_channels = rounded  # type: ignore[attr-defined]
 
 
-def step_seconds(model: torch.nn.Module, repeats: int) -> float:
-    """Best time of one fp32 training step at batch 256, as the trainer takes it."""
+def step_seconds(model: torch.nn.Module, repeats: int, bf16: bool = False) -> float:
+    """Best time of one training step at batch 256 (fp32, or bf16 autocast), as the
+    trainer takes it."""
     channels_last = channels_last_is_safe(model)
     x = torch.randn(BATCH, 1, 28, 28)
     if channels_last:
@@ -88,7 +89,8 @@ def step_seconds(model: torch.nn.Module, repeats: int) -> float:
     model.train()
 
     def step() -> None:
-        loss = F.cross_entropy(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -14,7 +14,15 @@ from torch.utils import cpp_extension
 import mlscale.models as models
 import mlscale.models._fast_cpu as fast_cpu
 import mlscale.models._native as native
-from mlscale.models._fast_cpu import Conv2d, MaxPool2x2
+from mlscale.models._fast_cpu import (
+    BatchNorm2d,
+    Conv2d,
+    ConvBnAct,
+    DepthwiseConv2d,
+    MaxPool2x2,
+    SubsampledConv2d,
+)
+from mlscale.train import channels_last_is_safe
 
 CHANNELS_LAST = torch.channels_last
 
@@ -216,3 +224,152 @@ def _plain(layer: nn.Module) -> nn.Module:
     if isinstance(layer, nn.MaxPool2d):
         return nn.MaxPool2d(2)
     return layer
+
+
+def _norm_and_grads(norm: nn.Module, x: torch.Tensor, upstream: torch.Tensor
+                    ) -> tuple[torch.Tensor, list[torch.Tensor], str]:
+    x = x.detach().clone().requires_grad_()
+    y = norm(x)
+    y.backward(upstream)
+    assert x.grad is not None and norm.weight.grad is not None and norm.bias.grad is not None
+    return y.detach(), [x.grad, norm.weight.grad, norm.bias.grad], type(y.grad_fn).__name__
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(16, 4, 28, 28), (33, 9, 14, 14), (3, 1, 3, 3), (5, 24, 7, 7)])
+def test_batch_norm_matches_torch_and_keeps_its_running_stats(dtype: torch.dtype,
+                                                             shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    reference = nn.BatchNorm2d(shape[1])
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 1.5)
+        reference.bias.uniform_(-1.0, 1.0)
+    norm = BatchNorm2d(shape[1])
+    norm.load_state_dict(reference.state_dict())
+    # Far from zero mean: a one-pass variance would lose digits here.
+    x = (torch.randn(shape) * 3 + 50).to(dtype).contiguous(memory_format=CHANNELS_LAST)
+    upstream = torch.randn(shape).to(dtype).contiguous(memory_format=CHANNELS_LAST)
+
+    for _ in range(2):  # the second step checks the running stats' update from the first
+        y, grads, node = _norm_and_grads(norm, x, upstream)
+        y_ref, grads_ref, _ = _norm_and_grads(reference, x, upstream)
+        norm.zero_grad()
+        reference.zero_grad()
+
+    assert node == "_BatchNormFunctionBackward"
+    assert y.dtype == dtype and y.is_contiguous(memory_format=CHANNELS_LAST)
+    assert grads[0].dtype == dtype and grads[0].is_contiguous(memory_format=CHANNELS_LAST)
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2  # bf16: one or two of its ulps
+    for value, expected in zip([y, *grads], [y_ref, *grads_ref], strict=True):
+        scale = max(1.0, expected.float().abs().max().item())
+        assert torch.allclose(value.float(), expected.float(), rtol=tolerance,
+                              atol=tolerance * scale)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.allclose(getattr(norm, name).float(), getattr(reference, name).float(),
+                              rtol=1e-5, atol=1e-5), name
+
+
+@pytest.mark.parametrize("case", ["16 channels", "NCHW", "eval", "no grad"])
+def test_batch_norm_falls_back_to_torch_outside_its_rule(case: str) -> None:
+    channels = 16 if case == "16 channels" else 6
+    norm, reference = BatchNorm2d(channels), nn.BatchNorm2d(channels)
+    x = torch.randn(4, channels, 6, 6)
+    if case != "NCHW":
+        x = x.contiguous(memory_format=CHANNELS_LAST)
+    outputs = []
+    for layer in (norm, reference):
+        layer.train(case != "eval")
+        with torch.set_grad_enabled(case != "no grad"):
+            outputs.append(layer(x.clone().requires_grad_(case != "no grad")))
+    expected_node = "NoneType" if case == "no grad" else "NativeBatchNormBackward0"
+    assert type(outputs[0].grad_fn).__name__ == expected_node
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def test_batch_norm_of_one_value_per_channel_raises_torchs_error() -> None:
+    x = torch.randn(1, 6, 1, 1).contiguous(memory_format=CHANNELS_LAST).requires_grad_()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        BatchNorm2d(6)(x)
+
+
+@pytest.mark.parametrize("stride", [2, 3])
+def test_subsampled_conv_is_the_strided_conv_and_trains_channels_last(stride: int) -> None:
+    """Including the shape whose strided channels_last backward corrupts torch's heap."""
+    torch.manual_seed(0)
+    conv = SubsampledConv2d(9, 18, stride=stride, bias=True)
+    reference = nn.Conv2d(9, 18, 1, stride=stride)
+    reference.load_state_dict(conv.state_dict())
+    x = torch.randn(33, 9, 14, 14)
+    x_channels_last = x.contiguous(memory_format=CHANNELS_LAST).requires_grad_()
+    y = conv.to(memory_format=CHANNELS_LAST)(x_channels_last)
+    y.sum().backward()
+    x_plain = x.clone().requires_grad_()
+    y_ref = reference(x_plain)  # NCHW: torch's safe path
+    y_ref.sum().backward()
+    assert y.shape == y_ref.shape and torch.allclose(y, y_ref, atol=1e-5)
+    assert x_channels_last.grad is not None and x_plain.grad is not None
+    assert torch.allclose(x_channels_last.grad, x_plain.grad, atol=1e-5)
+    with pytest.raises(ValueError, match="1x1 conv"):
+        SubsampledConv2d(9, 18, kernel_size=3)
+
+
+def test_the_zoo_resnet_trains_channels_last_with_torchs_parameters_and_flops() -> None:
+    """Its downsample is a SubsampledConv2d: channels_last, the same keys, params and FLOPs."""
+    from mlscale.measure import measure_model
+
+    model = models.get_model("resnet_mini", width=0.25, depth=1)
+    assert channels_last_is_safe(model)
+    assert any(isinstance(m, SubsampledConv2d) for m in model.modules())
+    assert any(isinstance(m, BatchNorm2d) for m in model.modules())
+    assert "features.2.downsample.0.weight" in model.state_dict()
+    plain = copy.deepcopy(model)
+    for module in plain.modules():  # back to torch's layers: a strided conv, torch's norm
+        if isinstance(module, SubsampledConv2d):
+            module.__class__ = nn.Conv2d
+        elif isinstance(module, BatchNorm2d):
+            module.__class__ = nn.BatchNorm2d
+    assert not channels_last_is_safe(plain)
+    assert measure_model(model, (1, 28, 28)) == measure_model(plain, (1, 28, 28))
+    x = torch.randn(8, 1, 28, 28)
+    labels = torch.randint(0, 10, (8,))
+    fast = F.cross_entropy(model.to(memory_format=CHANNELS_LAST)(
+        x.contiguous(memory_format=CHANNELS_LAST)), labels)
+    fast.backward()
+    reference = F.cross_entropy(plain(x), labels)
+    assert torch.allclose(fast, reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_conv_under_bf16_autocast_gives_torchs_result(stride: int) -> None:
+    """Strided: computed in fp32 (torch's bf16 backward is slow there), returned in bf16."""
+    torch.manual_seed(0)
+    conv = DepthwiseConv2d(12, 12, 3, stride=stride, padding=1, groups=12, bias=False)
+    reference = nn.Conv2d(12, 12, 3, stride=stride, padding=1, groups=12, bias=False)
+    reference.load_state_dict(conv.state_dict())
+    x = _bf16_batch((8, 12, 14, 14))
+    outputs, grads = [], []
+    for layer in (conv, reference):
+        inputs = x.detach().clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(inputs)
+        y.float().square().sum().backward()
+        assert inputs.grad is not None and layer.weight.grad is not None
+        outputs.append(y)
+        grads += [inputs.grad, layer.weight.grad]
+    assert outputs[0].dtype == outputs[1].dtype == torch.bfloat16
+    assert outputs[0].is_contiguous(memory_format=CHANNELS_LAST)
+    for value, expected in [(outputs[0], outputs[1]), (grads[0], grads[2]), (grads[1], grads[3])]:
+        scale = expected.float().abs().max().item()
+        assert torch.allclose(value.float(), expected.float(), rtol=2e-2, atol=2e-2 * scale)
+    if stride == 1:  # outside the rule: torch's own bf16 conv, bit for bit
+        assert torch.equal(outputs[0], outputs[1])
+
+
+def test_conv_bn_act_has_torchvisions_layers_and_names() -> None:
+    from torchvision.ops import Conv2dNormActivation
+
+    ours = ConvBnAct(4, 8, 3, stride=2, activation_layer=nn.SiLU, conv_layer=DepthwiseConv2d)
+    theirs = Conv2dNormActivation(4, 8, 3, stride=2, activation_layer=nn.SiLU)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    assert [type(m).__name__ for m in ours] == ["DepthwiseConv2d", "BatchNorm2d", "SiLU"]
+    assert isinstance(ours[1], BatchNorm2d) and ours[0].padding == theirs[0].padding

@@ -14,6 +14,15 @@ project's CPU (AVX-512 with BF16, batch 256; a LeNet-5 step took 6.6 ms before t
   ``Conv2d`` takes that one product in NCHW. (From 16 channels on it depends on the
   shape: slower for 24 and 32, faster for 40.)
 
+- batch norm over a channels_last map whose channels are not a multiple of 16 runs
+  scalar loops too (fp32 with 4 channels at 28x28, batch 256: 10.5 ms forward and 7.5 ms
+  backward; 6 channels 10.6 and 20.4). ``BatchNorm2d`` trains through mlscale's kernels
+  (``csrc/batch_norm_nhwc.cpp``, flat blocks of lcm(C, 16) values): 1.6 and 2.2 ms for
+  4 channels, 1.7 and 2.3 for 6, fp32 or bf16; from 16 channels on torch's kernel is as
+  fast and is used. Thin BatchNorm families train 1.3-1.8x faster per step for it.
+- a strided 1x1 conv cannot train in channels_last (torch 2.14.1 corrupts the heap), so
+  ResNet's downsample is ``SubsampledConv2d``: a subsample, then an unstrided 1x1 conv.
+
 torch.compile, the library way to generate such kernels, was slower end to end here and
 took 20 s to compile. Both layers are drop-in ``nn`` subclasses: the same parameters and
 outputs, and torch's own kernels for evaluation, export, other devices and shapes outside
@@ -22,16 +31,20 @@ those rules.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.grad import conv2d_input
+from torchvision.ops.misc import ConvNormActivation
 
 from mlscale.models._native import native_kernels
 
-__all__ = ["Conv2d", "MaxPool2x2"]
+__all__ = [
+    "BatchNorm2d", "Conv2d", "ConvBnAct", "DepthwiseConv2d", "MaxPool2x2", "SubsampledConv2d",
+]
 
 _VECTOR_CHANNELS = 16  # channels per vector in torch's channels_last CPU kernels
 
@@ -124,3 +137,115 @@ class _Conv2dFunction(torch.autograd.Function):
             (False, True, ctx.has_bias),
         )
         return grad_x, grad_weight, grad_bias, None, None, None, None
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d``, trained through mlscale's channels_last CPU kernels where faster."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # One value per channel has no variance: torch's layer raises its error for it.
+        if (self.training and x.dtype in (torch.bfloat16, torch.float32)
+                and x.shape[1] % _VECTOR_CHANNELS != 0 and x.numel() > x.shape[1]
+                and _channels_last_cpu_training(x) and native_kernels()):
+            return self._native_forward(x)
+        return super().forward(x)
+
+    def _native_forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight if self.weight is not None else torch.ones(x.shape[1])
+        bias = self.bias if self.bias is not None else torch.zeros(x.shape[1])
+        normalized, mean, var = _BatchNormFunction.apply(x, weight, bias, self.eps)
+        if self.track_running_stats:
+            assert self.num_batches_tracked is not None
+            self.num_batches_tracked.add_(1)
+            factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                      else self.momentum)
+            count = x.numel() // x.shape[1]
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, factor)  # type: ignore[union-attr]
+                self.running_var.lerp_(var * count / max(count - 1, 1), factor)  # type: ignore[union-attr]
+        result: torch.Tensor = normalized
+        return result
+
+
+class _BatchNormFunction(torch.autograd.Function):
+    """Training-mode batch norm by ``torch.ops.mlscale``: returns (y, batch mean, batch var)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, var = torch.ops.mlscale.batch_norm_nhwc_stats(x)
+        invstd = torch.rsqrt(var + eps)
+        scale = weight.detach().float() * invstd
+        y = torch.ops.mlscale.batch_norm_nhwc_affine(x, scale, bias.detach().float() - mean * scale)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, mean, invstd = ctx.saved_tensors
+        grad = grads[0].contiguous(memory_format=torch.channels_last).to(x.dtype)
+        sum_dy, sum_dy_xc = torch.ops.mlscale.batch_norm_nhwc_grad_sums(grad, x, mean)
+        count = x.numel() // x.shape[1]
+        grad_weight = sum_dy_xc * invstd
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            # dx = w * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)), xhat = (x - mean) * invstd
+            dy_scale = weight.detach().float() * invstd
+            x_scale = -dy_scale * invstd * invstd * sum_dy_xc / count
+            shift = -dy_scale * sum_dy / count - x_scale * mean
+            grad_x = torch.ops.mlscale.batch_norm_nhwc_affine2(grad, dy_scale, x, x_scale, shift)
+        return (grad_x, grad_weight.to(weight.dtype), sum_dy.to(weight.dtype), None)
+
+
+class ConvBnAct(ConvNormActivation):
+    """torchvision's conv + norm + activation block with ``BatchNorm2d`` and any conv layer.
+
+    Its layers and parameter names are ``Conv2dNormActivation``'s (0: conv, 1: norm,
+    2: activation); ``conv_layer`` picks the conv class (``nn.Conv2d`` by default).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 conv_layer: Callable[..., nn.Module] = nn.Conv2d, **kwargs: Any) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, norm_layer=BatchNorm2d,
+                         conv_layer=conv_layer, **kwargs)
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """A depthwise ``nn.Conv2d`` whose strided training under CPU bf16 autocast runs in fp32.
+
+    oneDNN's bf16 backward of a strided depthwise conv is 7-26x slower than its fp32 one
+    (48 channels, 28x28 to 14x14, batch 256: 156 ms against 21; 72 channels at 14x14:
+    160 against 6), which made bf16 EfficientNet training slower than fp32.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.training and self.stride != (1, 1) and x.device.type == "cpu"
+                and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+                and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+            with torch.autocast("cpu", enabled=False):
+                bias = None if self.bias is None else self.bias.float()
+                return self._conv_forward(x.float(), self.weight.float(), bias).to(torch.bfloat16)
+        return super().forward(x)
+
+
+class SubsampledConv2d(nn.Conv2d):
+    """A strided 1x1 ``nn.Conv2d`` computed as a subsample and an unstrided 1x1 conv.
+
+    The same parameters, result and FLOPs; it exists because torch 2.14.1's channels_last
+    CPU backward of a strided 1x1 conv corrupts the heap for some shapes (9 channels,
+    batch 33, 14x14 aborts the process), and without it ResNet had to train in NCHW,
+    where oneDNN's backward of its thin 3x3 convs is 4x slower (4 channels at 28x28:
+    23 ms against 5 ms).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1,
+                 stride: int = 1, padding: int | None = 0, **kwargs: Any) -> None:
+        if kernel_size != 1 or padding not in (0, None):
+            raise ValueError("SubsampledConv2d is a 1x1 conv without padding")
+        super().__init__(in_channels, out_channels, 1, stride=stride, padding=0, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows, columns = self.stride
+        return F.conv2d(x[:, :, ::rows, ::columns], self.weight, self.bias,
+                        dilation=self.dilation, groups=self.groups)

@@ -21,7 +21,8 @@ from pathlib import Path
 from mlscale.errors import first_line
 
 EXTENSION = "mlscale_cpu_kernels"
-SOURCES = [Path(__file__).with_name("csrc") / "max_pool2x2.cpp"]
+SOURCES = [Path(__file__).with_name("csrc") / name
+           for name in ("max_pool2x2.cpp", "batch_norm_nhwc.cpp")]
 CFLAGS = ("-O3", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
 

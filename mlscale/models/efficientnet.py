@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.ops import Conv2dNormActivation, SqueezeExcitation
+from torchvision.ops import SqueezeExcitation
 
+from mlscale.models._fast_cpu import ConvBnAct, DepthwiseConv2d
 from mlscale.models._registry import family, scale_channels
 
 __all__ = ["EfficientNet", "MBConv", "efficientnet_mini"]
@@ -39,13 +40,12 @@ class MBConv(nn.Module):
         hidden = in_channels * expand_ratio
         layers: list[nn.Module] = []
         if expand_ratio != 1:
-            layers.append(Conv2dNormActivation(in_channels, hidden, 1, activation_layer=nn.SiLU))
+            layers.append(ConvBnAct(in_channels, hidden, 1, activation_layer=nn.SiLU))
         layers += [
-            Conv2dNormActivation(
-                hidden, hidden, 3, stride=stride, groups=hidden, activation_layer=nn.SiLU
-            ),
+            ConvBnAct(hidden, hidden, 3, stride=stride, groups=hidden,
+                      activation_layer=nn.SiLU, conv_layer=DepthwiseConv2d),
             SqueezeExcitation(hidden, max(1, in_channels // 4), activation=nn.SiLU),
-            Conv2dNormActivation(hidden, out_channels, 1, activation_layer=None),
+            ConvBnAct(hidden, out_channels, 1, activation_layer=None),
         ]
         self.block = nn.Sequential(*layers)
         self.residual = stride == 1 and in_channels == out_channels
@@ -69,7 +69,7 @@ class EfficientNet(nn.Module):
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [
-            Conv2dNormActivation(in_channels, stem_channels, 3, activation_layer=nn.SiLU)
+            ConvBnAct(in_channels, stem_channels, 3, activation_layer=nn.SiLU)
         ]
         in_channels = stem_channels
         for expand_ratio, out_channels, repeats, stride in stages:
@@ -78,7 +78,7 @@ class EfficientNet(nn.Module):
                     MBConv(in_channels, out_channels, expand_ratio, stride if i == 0 else 1)
                 )
                 in_channels = out_channels
-        layers.append(Conv2dNormActivation(in_channels, head_channels, 1, activation_layer=nn.SiLU))
+        layers.append(ConvBnAct(in_channels, head_channels, 1, activation_layer=nn.SiLU))
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),

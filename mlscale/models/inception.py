@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.ops import Conv2dNormActivation
 
+from mlscale.models._fast_cpu import ConvBnAct
 from mlscale.models._registry import family, scale_channels
 
 __all__ = ["GoogLeNet", "Inception", "inception_mini"]
@@ -36,18 +36,18 @@ class Inception(nn.Module):
         super().__init__()
         self.branches = nn.ModuleList(
             [
-                Conv2dNormActivation(in_channels, ch1x1, 1),
+                ConvBnAct(in_channels, ch1x1, 1),
                 nn.Sequential(
-                    Conv2dNormActivation(in_channels, ch3x3red, 1),
-                    Conv2dNormActivation(ch3x3red, ch3x3, 3),
+                    ConvBnAct(in_channels, ch3x3red, 1),
+                    ConvBnAct(ch3x3red, ch3x3, 3),
                 ),
                 nn.Sequential(
-                    Conv2dNormActivation(in_channels, ch5x5red, 1),
-                    Conv2dNormActivation(ch5x5red, ch5x5, 5),
+                    ConvBnAct(in_channels, ch5x5red, 1),
+                    ConvBnAct(ch5x5red, ch5x5, 5),
                 ),
                 nn.Sequential(
                     nn.MaxPool2d(3, stride=1, padding=1),
-                    Conv2dNormActivation(in_channels, pool_proj, 1),
+                    ConvBnAct(in_channels, pool_proj, 1),
                 ),
             ]
         )
@@ -72,7 +72,7 @@ class GoogLeNet(nn.Module):
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [
-            Conv2dNormActivation(in_channels, stem_channels, 3),
+            ConvBnAct(in_channels, stem_channels, 3),
             nn.MaxPool2d(3, stride=2, padding=1),
         ]
         in_channels = stem_channels

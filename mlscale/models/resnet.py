@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
-from torchvision.ops import Conv2dNormActivation
 
+from mlscale.models._fast_cpu import BatchNorm2d, ConvBnAct, SubsampledConv2d
 from mlscale.models._registry import family, scale_channels
 
 __all__ = ["ResNet", "resnet_mini"]
@@ -31,17 +31,17 @@ class ResNet(nn.Module):
         num_classes: int,
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = [Conv2dNormActivation(in_channels, channels[0], 3)]
+        layers: list[nn.Module] = [ConvBnAct(in_channels, channels[0], 3)]
         in_channels = channels[0]
         for stage, out_channels in enumerate(channels):
             for block in range(blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1
                 shortcut = None
                 if stride != 1 or in_channels != out_channels:
-                    shortcut = Conv2dNormActivation(
-                        in_channels, out_channels, 1, stride=stride, activation_layer=None
-                    )
-                layers.append(BasicBlock(in_channels, out_channels, stride, shortcut))
+                    shortcut = ConvBnAct(in_channels, out_channels, 1, stride=stride,
+                                         activation_layer=None, conv_layer=SubsampledConv2d)
+                layers.append(BasicBlock(in_channels, out_channels, stride, shortcut,
+                                         norm_layer=BatchNorm2d))
                 in_channels = out_channels
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(

@@ -12,9 +12,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.ops import Conv2dNormActivation
 
-from mlscale.models._fast_cpu import MaxPool2x2
+from mlscale.models._fast_cpu import ConvBnAct, MaxPool2x2
 from mlscale.models._registry import family, scale_channels
 
 __all__ = ["VGG", "vgg_mini"]
@@ -34,7 +33,7 @@ class VGG(nn.Module):
         layers: list[nn.Module] = []
         for out_channels in channels:
             for _ in range(convs_per_stage):
-                layers.append(Conv2dNormActivation(in_channels, out_channels, 3))
+                layers.append(ConvBnAct(in_channels, out_channels, 3))
                 in_channels = out_channels
             layers.append(MaxPool2x2())
         self.features = nn.Sequential(*layers)

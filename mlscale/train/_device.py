@@ -37,13 +37,18 @@ def _keep_freed_memory() -> None:
 def channels_last_is_safe(model: nn.Module) -> bool:
     """Whether to train ``model`` in channels_last, oneDNN's fast layout on CPU.
 
-    Not for models with a strided 1x1 convolution (ResNet's downsample): in torch 2.14.1
-    its channels_last backward corrupts the heap for some shapes (9 channels, batch 33,
-    14x14 crashes the process), so those models train in NCHW.
+    Not for models with a strided 1x1 convolution: in torch 2.14.1 its channels_last
+    backward corrupts the heap for some shapes (9 channels, batch 33, 14x14 crashes the
+    process), so those models train in NCHW. The zoo's ResNet computes its downsample as
+    ``SubsampledConv2d`` (a subsample, then an unstrided 1x1 conv) and so trains in
+    channels_last.
     """
     from torch import nn
 
-    return not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+    from mlscale.models._fast_cpu import SubsampledConv2d
+
+    return not any(isinstance(m, nn.Conv2d) and not isinstance(m, SubsampledConv2d)
+                   and m.kernel_size == (1, 1) and m.stride != (1, 1)
                    for m in model.modules())
 
 
