@@ -9,6 +9,7 @@ train split, into a throw-away MLflow store:
 
     python benchmarks/family_accuracy.py                      # every family, seed 0
     python benchmarks/family_accuracy.py --seeds 0 1 --families lenet5 resnet_mini
+    python benchmarks/family_accuracy.py --precision fp32    # as on a CPU without bf16
 """
 
 from __future__ import annotations
@@ -28,15 +29,16 @@ EPOCHS = 4
 TARGET = 0.99
 
 
-def command(family: str, seed: int, store: Path) -> list[str]:
+def command(family: str, seed: int, precision: str, store: Path) -> list[str]:
     """The exact ``mlscale train`` command of one row."""
     return ["mlscale", "train", "--arch", family, "--epochs", str(EPOCHS), "--seed", str(seed),
-            "--no-register", "--json", "--tracking-uri", f"sqlite:///{store}"]
+            "--precision", precision, "--no-register", "--json",
+            "--tracking-uri", f"sqlite:///{store}"]
 
 
-def run_row(family: str, seed: int, store: Path) -> dict[str, object]:
+def run_row(family: str, seed: int, precision: str, store: Path) -> dict[str, object]:
     """Train one family once and keep what the table shows."""
-    argv = command(family, seed, store)
+    argv = command(family, seed, precision, store)
     completed = subprocess.run([sys.executable, "-m", "mlscale", *argv[1:]],
                                capture_output=True, text=True, check=True)
     result = json.loads(completed.stdout)
@@ -53,6 +55,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--families", nargs="+", default=None, help="default: the whole zoo")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="mlscale train's --precision (auto: bf16 where the CPU runs it)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/family_accuracy.json"))
     args = parser.parse_args()
     families = args.families or list_models()
@@ -64,7 +68,7 @@ def main() -> None:
         print("| --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
         for family in families:
             for seed in args.seeds:
-                row = run_row(family, seed, store)
+                row = run_row(family, seed, args.precision, store)
                 rows.append(row)
                 print(f"| {family} | {row['params']:,} | {row['lr']:g} | {row['weight_decay']:g} "
                       f"| {row['precision']} | {seed} | {row['test_accuracy']:.2%} "

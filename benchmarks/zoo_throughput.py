@@ -1,15 +1,17 @@
-"""Training GFLOP/s of every family at widths across its search range, fp32.
+"""Training GFLOP/s of every family at widths across its search range, fp32 or bf16.
 
-One training step as ``mlscale.train`` takes it (fp32, batch 256, channels_last where
-the trainer uses it, fused AdamW), timed as the best of a few steps after warm-up, for
-each family at round and non-round widths of its search range (``pipelines/
-zoo_budget.yaml``'s). Each width is built twice in the same run: with the zoo's channel
-rule (``scale_channels``: counts rounded to the divisibility rule) and, as the baseline,
-with the exact ``round(base x width)`` rule it replaced. GFLOP/s = measured training FLOPs
-(FlopCounterMode, 2 x MACs) per step / step time, against the machine's fp32 GEMM peak.
+One training step as ``mlscale.train`` takes it (batch 256, channels_last where the
+trainer uses it, fused AdamW, freed memory kept in the heap; fp32, or bf16 autocast with
+``--bf16``, what ``--precision auto`` picks where the CPU runs bf16 natively), timed as
+the best of a few steps after warm-up, for each family at round and non-round widths of
+its search range (``pipelines/zoo_budget.yaml``'s). Each width is built twice in the
+same run: with the zoo's channel rule (``scale_channels``: counts rounded to the
+divisibility rule) and, as the baseline, with the exact ``round(base x width)`` rule it
+replaced. GFLOP/s = measured training FLOPs (FlopCounterMode, 2 x MACs) per step / step
+time, against the machine's GEMM peak in that precision.
 
     OMP_NUM_THREADS=2 python benchmarks/zoo_throughput.py
-    python benchmarks/zoo_throughput.py --families vgg_mini --repeats 5
+    python benchmarks/zoo_throughput.py --families vgg_mini --repeats 5 --bf16
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from flops_utilisation import gemm_peaks
 import mlscale.models._registry as registry
 from mlscale.measure import measure_model
 from mlscale.models import get_model
-from mlscale.train import channels_last_is_safe
+from mlscale.train import channels_last_is_safe, keep_freed_memory
 
 from _common import machine
 
@@ -78,7 +80,8 @@ def exact_channels() -> Iterator[None]:
 
 def step_seconds(model: torch.nn.Module, repeats: int, bf16: bool = False) -> float:
     """Best time of one training step at batch 256 (fp32, or bf16 autocast), as the
-    trainer takes it."""
+    trainer takes it (with its allocator setting: freed activations stay in the heap)."""
+    keep_freed_memory()
     channels_last = channels_last_is_safe(model)
     x = torch.randn(BATCH, 1, 28, 28)
     if channels_last:
@@ -114,12 +117,13 @@ def conv_channels(model: torch.nn.Module) -> str:
     return "/".join(map(str, seen[:6])) + ("/..." if len(seen) > 6 else "")
 
 
-def measure(family: str, width: float, repeats: int) -> tuple[str, int, float, float]:
+def measure(family: str, width: float, repeats: int, bf16: bool
+            ) -> tuple[str, int, float, float]:
     """(channels, params, train FLOPs per sample, GFLOP/s) at ``width``."""
     torch.manual_seed(0)
     model = get_model(family, width=width)
     cost = measure_model(model, (1, 28, 28))
-    seconds = step_seconds(model, repeats)
+    seconds = step_seconds(model, repeats, bf16)
     return (conv_channels(model), cost.params, cost.train_flops_per_sample,
             cost.train_flops_per_sample * BATCH / seconds / 1e9)
 
@@ -128,11 +132,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--families", nargs="+", default=list(WIDTHS))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast instead of fp32")
     args = parser.parse_args()
-    peak = max(gemm_peaks(torch.float32).values()) / 1e9
+    precision = torch.bfloat16 if args.bf16 else torch.float32
+    peak = max(gemm_peaks(precision).values()) / 1e9
     print(f"machine: {machine()}")
     print(cpu_features())
-    print(f"fp32 peak (2048^3 GEMM, best of torch.mm and a oneDNN 1x1 conv): {peak:.0f} GFLOP/s")
+    print(f"{'bf16' if args.bf16 else 'fp32'} peak (2048^3 GEMM, best of torch.mm and a oneDNN "
+          f"1x1 conv): {peak:.0f} GFLOP/s")
     print("| family | width | rule | channels | params | train MFLOPs/sample | GFLOP/s "
           "| of family best | of peak |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
@@ -140,8 +147,8 @@ def main() -> None:
         rows = []
         for width in WIDTHS[family]:
             with exact_channels():
-                rows.append((width, "exact", *measure(family, width, args.repeats)))
-            rows.append((width, "divisible", *measure(family, width, args.repeats)))
+                rows.append((width, "exact", *measure(family, width, args.repeats, args.bf16)))
+            rows.append((width, "divisible", *measure(family, width, args.repeats, args.bf16)))
         for rule in ("exact", "divisible"):
             best = max(row[5] for row in rows if row[1] == rule)
             for width, name, channels, params, flops, rate in rows:

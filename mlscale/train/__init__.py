@@ -11,8 +11,14 @@ normalises it in one vectorised op, so no per-sample Python runs in the loop.
 from __future__ import annotations
 
 from mlscale.train._config import EpochMetrics, Progress, TrainConfig, TrainResult
-from mlscale.train._device import bf16_is_native, channels_last_is_safe, precision_warning
+from mlscale.train._device import (
+    bf16_is_native,
+    channels_last_is_safe,
+    keep_freed_memory,
+    precision_warning,
+)
 from mlscale.train._loop import auto_batch_size, evaluate, train
 
 __all__ = ["EpochMetrics", "Progress", "TrainConfig", "TrainResult", "auto_batch_size",
-           "bf16_is_native", "channels_last_is_safe", "evaluate", "precision_warning", "train"]
+           "bf16_is_native", "channels_last_is_safe", "evaluate", "keep_freed_memory",
+           "precision_warning", "train"]

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 from mlscale.train._config import TrainConfig
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """Stop glibc from returning large freed blocks to the OS between training steps.
 
     By default glibc serves each tensor over 128 KiB with a fresh mmap and unmaps it on

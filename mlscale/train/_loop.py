@@ -17,10 +17,10 @@ if TYPE_CHECKING:
     from mlscale.measure import ModelCost
 from mlscale.train._config import EVAL_BATCH, EpochMetrics, Progress, TrainConfig, TrainResult
 from mlscale.train._device import (
-    _keep_freed_memory,
     _resolve_device,
     _resolve_precision,
     channels_last_is_safe,
+    keep_freed_memory,
 )
 
 
@@ -158,7 +158,7 @@ def train(
 
     config.validate()
     started = time.perf_counter()
-    _keep_freed_memory()
+    keep_freed_memory()
     spec = model_spec(config.arch)
     config = config.with_family_defaults()
     width, depth = spec.resolve(config.width, config.depth)
