@@ -48,3 +48,13 @@ def test_a_corrupt_onnx_file_is_a_one_line_error() -> None:
     with pytest.raises(MlscaleError, match="ONNX Runtime cannot load the model") as error:
         ort_session(b"this is not a protobuf")
     assert "\n" not in str(error.value)
+
+
+def test_resnet_exports_its_downsample_as_a_strided_conv(mnist: Splits) -> None:
+    """The zoo trains ResNet's downsample as subsample + 1x1 conv; its graph is the usual."""
+    exported = export_onnx(get_model("resnet_mini", width=0.25), _real_batch(mnist, 8))
+    nodes = exported.model.graph.node
+    strides = [tuple(a.ints) for n in nodes if n.op_type == "Conv"
+               for a in n.attribute if a.name == "strides"]
+    assert (2, 2) in strides
+    assert not [n.op_type for n in nodes if n.op_type == "Slice"]

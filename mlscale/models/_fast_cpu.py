@@ -24,9 +24,9 @@ project's CPU (AVX-512 with BF16, batch 256; a LeNet-5 step took 6.6 ms before t
   ResNet's downsample is ``SubsampledConv2d``: a subsample, then an unstrided 1x1 conv.
 
 torch.compile, the library way to generate such kernels, was slower end to end here and
-took 20 s to compile. Both layers are drop-in ``nn`` subclasses: the same parameters and
-outputs, and torch's own kernels for evaluation, export, other devices and shapes outside
-those rules.
+took 20 s to compile. Every layer here is a drop-in ``nn`` subclass: the same parameters
+and outputs, and torch's own kernels for evaluation, export, other devices and shapes
+outside those rules.
 """
 
 from __future__ import annotations
@@ -236,7 +236,8 @@ class SubsampledConv2d(nn.Conv2d):
     CPU backward of a strided 1x1 conv corrupts the heap for some shapes (9 channels,
     batch 33, 14x14 aborts the process), and without it ResNet had to train in NCHW,
     where oneDNN's backward of its thin 3x3 convs is 4x slower (4 channels at 28x28:
-    23 ms against 5 ms).
+    23 ms against 5 ms). Without a backward pass (evaluation, ONNX export) it is torch's
+    strided conv, so an exported ResNet has the usual graph.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1,
@@ -246,6 +247,8 @@ class SubsampledConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, 1, stride=stride, padding=0, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and torch.is_grad_enabled()):
+            return super().forward(x)
         rows, columns = self.stride
         return F.conv2d(x[:, :, ::rows, ::columns], self.weight, self.bias,
                         dilation=self.dilation, groups=self.groups)
