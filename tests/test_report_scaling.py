@@ -219,9 +219,26 @@ def test_regimes_and_saturation_are_located_from_the_data(points: int) -> None:
         "small", "small", "middle", "large"]
     saturation = family_saturation(runs)
     assert np.log10(saturation["saturation_params"]) == pytest.approx(_crossing(1e-3), abs=0.1)
-    with pytest.raises(MlscaleError, match="front of 4 or more parameter counts"):
+    with pytest.raises(MlscaleError, match="frontier of 4 or more parameter counts"):
         locate_regimes(runs.iloc[:3])
     assert family_saturation(runs.iloc[:3])["reason"].startswith("too few parameter counts")
+
+
+def test_larger_runs_that_buy_nothing_read_as_saturation() -> None:
+    """The main job's shape: accuracy climbs to its best at 2e4 parameters and the larger
+    runs (to 1e6) fall just short of it. The Pareto front's corners stop at 2e4 and kept
+    rising there (no 'large' regime); the frontier's flat tail is the saturation."""
+    small = np.logspace(3, 4.3, 6)
+    large = np.logspace(4.6, 6, 6)
+    runs = pd.DataFrame({"arch": "a", "N": np.concatenate([small, large]),
+                         "accuracy": np.concatenate([np.linspace(0.80, 0.985, 6),
+                                                     np.full(6, 0.98)])})
+    runs["C"], runs["loss"] = 6e4 * runs["N"], 1 - runs["accuracy"]
+    regimes = locate_regimes(runs)
+    # LOWESS windows of 5 points round the sharp kink at 2e4: the crossing lands at 1.2e4.
+    assert regimes.saturated_from is not None and 1e4 <= regimes.saturated_from <= 1e5
+    assert [regimes.regime(n) for n in (1e3, 1e6)] == ["small", "large"]
+    assert regimes.frontier["N"].max() == pytest.approx(1e6)
 
 
 def test_smoothing_widens_its_window_where_lowess_is_undefined() -> None:

@@ -47,7 +47,7 @@ def _saturation_plot(study: dict[str, Any], points: pd.DataFrame, out: Path) -> 
                        float(points["N"].max()) * 1.3)
         axes.plot(regimes.frontier["N"], regimes.frontier["accuracy"], color="black",
                   linewidth=0.8, linestyle=":", drawstyle="steps-post",
-                  label="Pareto front, all families")
+                  label="frontier, all families (best with at most N params)")
     for family, info in study["families"].items():
         runs = points[points["arch"] == family]
         best = runs.groupby("N")["accuracy"].max()

@@ -36,8 +36,9 @@ SMALL_GAIN = 1e-2  # 1 point or more per 10x parameters: the small, parameter-ef
 EFFICIENCY_GRID = 5  # log-spaced points across the overlap where accuracies are compared
 LOWESS_POINTS = 5  # LOWESS windows hold about this many points (at most 2/3 of them all)
 REGIME_RULE = (
-    "Regimes from the accuracy-parameters Pareto front over all families (the runs that no "
-    "run with as many or fewer parameters matches), LOWESS-smoothed on log10 N (windows of "
+    "Regimes from the accuracy-parameters frontier over all families (at every parameter "
+    "count run, the best accuracy of the runs with at most that many parameters, so larger "
+    "runs that buy nothing count as the flat they are), LOWESS-smoothed on log10 N (windows of "
     f"about {LOWESS_POINTS} points, wider where a local fit needs it): after the smoothed "
     f"gain per 10x parameters peaks, 'small' lasts while it is at least "
     f"{100 * SMALL_GAIN:g} point(s) per 10x, 'large' (saturated) starts where it falls under "
@@ -86,11 +87,11 @@ def _first_crossing(curve: pd.DataFrame, threshold: float) -> float | None:
 
 @dataclass(frozen=True)
 class Regimes:
-    """Small / middle / large model sizes, located on the all-family Pareto front."""
+    """Small / middle / large model sizes, located on the all-family frontier."""
 
     small_until: float | None  # None: the gain never falls under SMALL_GAIN in range
     saturated_from: float | None  # None: never saturated in range
-    frontier: pd.DataFrame  # N, accuracy: the Pareto front over all families
+    frontier: pd.DataFrame  # N, accuracy: the best accuracy with at most N parameters
     curve: pd.DataFrame  # x, smoothed, gain_per_decade
     rule: str = REGIME_RULE
 
@@ -109,12 +110,14 @@ class Regimes:
 
 
 def locate_regimes(runs: pd.DataFrame) -> Regimes:
-    """The three regimes by ``REGIME_RULE`` (an error if the frontier has < 4 sizes)."""
-    front = pareto_front(runs, "N", "accuracy", minimize_value=False)
-    frontier = pd.DataFrame({"N": front["N"].to_numpy(dtype=float),
-                             "accuracy": front["accuracy"].to_numpy(dtype=float)})
+    """The three regimes by ``REGIME_RULE`` (an error if the runs have < 4 sizes).
+
+    The frontier is the Pareto front's step function, not its corner points alone: the
+    corners end at the best run, so models larger than it, which buy nothing, would drop
+    out and the front could never read as saturated at its top."""
+    frontier = best_by(runs, "N", "accuracy")
     if len(frontier) < 4:
-        raise MlscaleError(f"the regimes need a Pareto front of 4 or more parameter counts; "
+        raise MlscaleError(f"the regimes need a frontier of 4 or more parameter counts; "
                            f"got {len(frontier)}")
     curve = smoothed(frontier["N"], frontier["accuracy"])
     small = _first_crossing(curve, SMALL_GAIN)
