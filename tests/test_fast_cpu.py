@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,10 @@ from mlscale.models._fast_cpu import (
     Conv2d,
     ConvBnAct,
     DepthwiseConv2d,
+    GlobalAvgPool2d,
     MaxPool2x2,
     SubsampledConv2d,
+    concat_channels,
 )
 from mlscale.train import channels_last_is_safe
 
@@ -309,6 +312,7 @@ def test_subsampled_conv_is_the_strided_conv_and_trains_channels_last(stride: in
     assert y.shape == y_ref.shape and torch.allclose(y, y_ref, atol=1e-5)
     assert x_channels_last.grad is not None and x_plain.grad is not None
     assert torch.allclose(x_channels_last.grad, x_plain.grad, atol=1e-5)
+    assert x_channels_last.grad.is_contiguous(memory_format=CHANNELS_LAST)
     with pytest.raises(ValueError, match="1x1 conv"):
         SubsampledConv2d(9, 18, kernel_size=3)
 
@@ -373,3 +377,74 @@ def test_conv_bn_act_has_torchvisions_layers_and_names() -> None:
     assert ours.state_dict().keys() == theirs.state_dict().keys()
     assert [type(m).__name__ for m in ours] == ["DepthwiseConv2d", "BatchNorm2d", "SiLU"]
     assert isinstance(ours[1], BatchNorm2d) and ours[0].padding == theirs[0].padding
+
+
+@pytest.mark.parametrize("memory_format", [CHANNELS_LAST, torch.contiguous_format])
+def test_global_pool_is_torchs_pool_with_the_gradient_in_the_inputs_layout(
+        memory_format: torch.memory_format) -> None:
+    x = torch.randn(5, 6, 7, 9).contiguous(memory_format=memory_format)
+    upstream = torch.randn(5, 6, 1, 1)
+    ours, ours_grad, ours_fn = _pool_and_grad(GlobalAvgPool2d(), x, upstream)
+    theirs, theirs_grad, _ = _pool_and_grad(nn.AdaptiveAvgPool2d(1), x, upstream)
+    assert ours_fn == "_GlobalMeanBackward"
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert torch.allclose(ours_grad, theirs_grad, atol=1e-7)
+    assert ours_grad.is_contiguous(memory_format=memory_format)
+    with torch.no_grad():  # no graph (evaluation, export): torch's own pool
+        assert GlobalAvgPool2d()(x).grad_fn is None
+        assert torch.equal(GlobalAvgPool2d()(x), nn.AdaptiveAvgPool2d(1)(x))
+
+
+def test_concatenation_is_torchs_with_each_gradient_in_its_maps_layout() -> None:
+    maps = [torch.randn(3, channels, 5, 5).contiguous(memory_format=CHANNELS_LAST)
+            for channels in (4, 1, 6)]
+    maps.append(torch.randn(3, 2, 5, 5))  # an NCHW map keeps NCHW
+    upstream = torch.randn(3, 13, 5, 5).contiguous(memory_format=CHANNELS_LAST)
+    results = []
+    for concatenate in (concat_channels, lambda ms: torch.cat(ms, dim=1)):
+        inputs = [m.clone().requires_grad_() for m in maps]
+        y = concatenate(inputs)
+        y.backward(upstream)
+        results.append((y, [m.grad for m in inputs]))
+    (ours, our_grads), (theirs, their_grads) = results
+    assert torch.equal(ours, theirs)
+    for grad, expected, source in zip(our_grads, their_grads, maps, strict=True):
+        assert grad is not None and expected is not None and torch.equal(grad, expected)
+        layout = CHANNELS_LAST if source.shape[1] > 1 and source.stride(1) == 1 else None
+        if layout is not None:
+            assert grad.is_contiguous(memory_format=layout)
+        else:
+            assert grad.is_contiguous()
+
+
+@pytest.mark.parametrize("family", ["lenet5", "alexnet_mini", "vgg_mini", "inception_mini",
+                                    "resnet_mini", "efficientnet_mini"])
+def test_every_gradient_reaches_its_layer_in_the_activations_layout(family: str) -> None:
+    """A gradient in another layout than its activation sends torch's backward kernels
+    through slow strided loops (pooling, concatenation and subsampling returned NCHW or
+    strided gradients for channels_last maps)."""
+    torch.manual_seed(0)
+    model = models.get_model(family, width=0.25 if family != "lenet5" else 0.5)
+    assert channels_last_is_safe(model)
+    model = model.to(memory_format=CHANNELS_LAST).train()
+    mismatched: list[str] = []
+
+    def watch(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            if (isinstance(output, torch.Tensor) and output.dim() == 4 and output.requires_grad
+                    and output.shape[2] * output.shape[3] > 1 and output.shape[1] > 1
+                    and output.is_contiguous(memory_format=CHANNELS_LAST)
+                    and not isinstance(module, nn.Sequential | nn.Flatten)):
+                def check(grad: torch.Tensor) -> None:
+                    if not grad.is_contiguous(memory_format=CHANNELS_LAST):
+                        mismatched.append(f"{name} ({type(module).__name__})")
+                output.register_hook(check)
+        return hook
+
+    for name, module in model.named_modules():
+        module.register_forward_hook(watch(name))
+    x = torch.randn(4, 1, 28, 28).contiguous(memory_format=CHANNELS_LAST)
+    F.cross_entropy(model(x), torch.randint(0, 10, (4,))).backward()
+    feeds_the_flatten = {"lenet5": "features.5", "alexnet_mini": "avgpool",
+                         "vgg_mini": "features.8"}  # flattened for the linear head: NCHW order
+    assert [m for m in mismatched if not m.startswith(f"{feeds_the_flatten.get(family)} ")] == []

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torchvision.ops import SqueezeExcitation
 
-from mlscale.models._fast_cpu import ConvBnAct, DepthwiseConv2d
+from mlscale.models._fast_cpu import ConvBnAct, DepthwiseConv2d, GlobalAvgPool2d
 from mlscale.models._registry import family, scale_channels
 
 __all__ = ["EfficientNet", "MBConv", "efficientnet_mini"]
@@ -81,7 +81,7 @@ class EfficientNet(nn.Module):
         layers.append(ConvBnAct(in_channels, head_channels, 1, activation_layer=nn.SiLU))
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
+            GlobalAvgPool2d(),
             nn.Flatten(),
             nn.Dropout(dropout),
             nn.Linear(head_channels, num_classes),

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlscale.models._fast_cpu import ConvBnAct
+from mlscale.models._fast_cpu import ConvBnAct, GlobalAvgPool2d, concat_channels
 from mlscale.models._registry import family, scale_channels
 
 __all__ = ["GoogLeNet", "Inception", "inception_mini"]
@@ -54,7 +54,7 @@ class Inception(nn.Module):
         self.out_channels = ch1x1 + ch3x3 + ch5x5 + pool_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([branch(x) for branch in self.branches], dim=1)
+        return concat_channels([branch(x) for branch in self.branches])
 
 
 class GoogLeNet(nn.Module):
@@ -84,7 +84,7 @@ class GoogLeNet(nn.Module):
             in_channels = block.out_channels
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, num_classes)
+            GlobalAvgPool2d(), nn.Flatten(), nn.Linear(in_channels, num_classes)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from mlscale.models._fast_cpu import BatchNorm2d, ConvBnAct, SubsampledConv2d
+from mlscale.models._fast_cpu import BatchNorm2d, ConvBnAct, GlobalAvgPool2d, SubsampledConv2d
 from mlscale.models._registry import family, scale_channels
 
 __all__ = ["ResNet", "resnet_mini"]
@@ -45,7 +45,7 @@ class ResNet(nn.Module):
                 in_channels = out_channels
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, num_classes)
+            GlobalAvgPool2d(), nn.Flatten(), nn.Linear(in_channels, num_classes)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

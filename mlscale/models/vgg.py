@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlscale.models._fast_cpu import ConvBnAct, MaxPool2x2
+from mlscale.models._fast_cpu import ConvBnAct, GlobalAvgPool2d, MaxPool2x2
 from mlscale.models._registry import family, scale_channels
 
 __all__ = ["VGG", "vgg_mini"]
@@ -38,7 +38,7 @@ class VGG(nn.Module):
             layers.append(MaxPool2x2())
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, num_classes)
+            GlobalAvgPool2d(), nn.Flatten(), nn.Linear(in_channels, num_classes)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
