@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import platform
 import statistics
+import time
+from collections.abc import Callable
 from importlib.metadata import version
 
 
@@ -28,3 +30,15 @@ def mean_std(values: list[float]) -> str:
     """'mean ± std' of ``values`` (std 0 for one value)."""
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.3f} ± {std:.3f}"
+
+
+def best_seconds(run: Callable[[], object], repeats: int = 10, warmup: int = 1) -> float:
+    """Best wall time of ``repeats`` calls of ``run`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        run()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best

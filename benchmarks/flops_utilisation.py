@@ -14,8 +14,6 @@ budget per model.
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import torch
 
@@ -24,17 +22,7 @@ from mlscale.measure import count_params
 from mlscale.models import get_model, list_models, model_spec
 from mlscale.train import TrainConfig, train
 
-from _common import machine
-
-
-def _best_seconds(run: Callable[[], object], repeats: int = 10) -> float:
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
+from _common import best_seconds, machine
 
 
 def gemm_peaks(dtype: torch.dtype, n: int = 2048) -> dict[str, float]:
@@ -46,8 +34,8 @@ def gemm_peaks(dtype: torch.dtype, n: int = 2048) -> dict[str, float]:
     conv = torch.nn.Conv2d(n, n, 1, bias=False).to(dtype).to(memory_format=torch.channels_last)
     flops = 2 * n**3
     with torch.no_grad():
-        return {"torch.mm": flops / _best_seconds(lambda: torch.mm(a, b)),
-                "oneDNN 1x1 conv": flops / _best_seconds(lambda: conv(x))}
+        return {"torch.mm": flops / best_seconds(lambda: torch.mm(a, b)),
+                "oneDNN 1x1 conv": flops / best_seconds(lambda: conv(x))}
 
 
 def largest_default_model() -> str:

@@ -10,6 +10,12 @@ divisibility rule) and, as the baseline, with the exact ``round(base x width)`` 
 replaced. GFLOP/s = measured training FLOPs (FlopCounterMode, 2 x MACs) per step / step
 time, against the machine's GEMM peak in that precision.
 
+The ceiling column bounds what any work outside the convolutions could buy: each conv
+layer alone (forward and the gradients the step takes, at its own input shape and
+layout, hot in cache), summed, and the step's FLOPs over that time. Where a family's
+best GFLOP/s exceeds twice the ceiling of a width, no fusion of norms, activations or
+pooling brings that width within 2x: only faster convolutions can.
+
     OMP_NUM_THREADS=2 python benchmarks/zoo_throughput.py
     python benchmarks/zoo_throughput.py --families vgg_mini --repeats 5 --bf16
 """
@@ -18,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 from collections.abc import Iterator
 
 import torch
@@ -30,7 +35,7 @@ from mlscale.measure import measure_model
 from mlscale.models import get_model
 from mlscale.train import channels_last_is_safe, keep_freed_memory
 
-from _common import machine
+from _common import best_seconds, machine
 
 BATCH = 256
 # Per family: widths spanning its zoo_budget.yaml range, round and non-round channel counts.
@@ -98,14 +103,39 @@ def step_seconds(model: torch.nn.Module, repeats: int, bf16: bool = False) -> fl
         loss.backward()
         optimizer.step()
 
-    for _ in range(2):
-        step()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - started)
-    return best
+    return best_seconds(step, repeats, warmup=2)
+
+
+def conv_seconds(model: torch.nn.Module, repeats: int, bf16: bool = False) -> float:
+    """Sum over conv layers of the best time of each alone: forward and the step's gradients
+    (the input's only where the layer's input needs one) at its batch-256 input shape."""
+    shapes: dict[torch.nn.Conv2d, tuple[torch.Size, bool]] = {}
+
+    def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _: object) -> None:
+        shapes[module] = (inputs[0].shape, inputs[0].requires_grad)  # type: ignore[index]
+
+    hooks = [m.register_forward_hook(record) for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    channels_last = channels_last_is_safe(model)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        model(torch.randn(BATCH, 1, 28, 28).contiguous(memory_format=memory_format))
+    for hook in hooks:
+        hook.remove()
+    total = 0.0
+    for conv, (shape, needs_grad) in shapes.items():
+        x = torch.randn(shape).contiguous(memory_format=memory_format).requires_grad_(needs_grad)
+
+        def step(conv: torch.nn.Conv2d = conv, x: torch.Tensor = x) -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                y = conv(x)
+            y.backward(torch.ones_like(y))
+
+        total += best_seconds(step, repeats, warmup=2)
+    return total
 
 
 def conv_channels(model: torch.nn.Module) -> str:
@@ -118,14 +148,16 @@ def conv_channels(model: torch.nn.Module) -> str:
 
 
 def measure(family: str, width: float, repeats: int, bf16: bool
-            ) -> tuple[str, int, float, float]:
-    """(channels, params, train FLOPs per sample, GFLOP/s) at ``width``."""
+            ) -> tuple[str, int, float, float, float]:
+    """(channels, params, train FLOPs per sample, GFLOP/s, ceiling GFLOP/s) at ``width``."""
     torch.manual_seed(0)
     model = get_model(family, width=width)
     cost = measure_model(model, (1, 28, 28))
     seconds = step_seconds(model, repeats, bf16)
+    ceiling = conv_seconds(model, repeats, bf16)
+    step_flops = cost.train_flops_per_sample * BATCH
     return (conv_channels(model), cost.params, cost.train_flops_per_sample,
-            cost.train_flops_per_sample * BATCH / seconds / 1e9)
+            step_flops / seconds / 1e9, step_flops / ceiling / 1e9)
 
 
 def main() -> None:
@@ -141,8 +173,8 @@ def main() -> None:
     print(f"{'bf16' if args.bf16 else 'fp32'} peak (2048^3 GEMM, best of torch.mm and a oneDNN "
           f"1x1 conv): {peak:.0f} GFLOP/s")
     print("| family | width | rule | channels | params | train MFLOPs/sample | GFLOP/s "
-          "| of family best | of peak |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
+          "| of family best | of peak | ceiling (convs alone) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
     for family in args.families:
         rows = []
         for width in WIDTHS[family]:
@@ -151,14 +183,15 @@ def main() -> None:
             rows.append((width, "divisible", *measure(family, width, args.repeats, args.bf16)))
         for rule in ("exact", "divisible"):
             best = max(row[5] for row in rows if row[1] == rule)
-            for width, name, channels, params, flops, rate in rows:
+            for width, name, channels, params, flops, rate, ceiling in rows:
                 if name == rule:
                     print(f"| {family} | {width:g} | {rule} | {channels} | {params:,} | "
                           f"{flops / 1e6:.1f} | {rate:.0f} | {rate / best:.0%} | "
-                          f"{rate / peak:.0%} |", flush=True)
+                          f"{rate / peak:.0%} | {ceiling:.0f} |", flush=True)
             worst = min(row[5] for row in rows if row[1] == rule)
+            lowest_ceiling = min(row[6] for row in rows if row[1] == rule)
             print(f"| {family} | | {rule} | best / worst GFLOP/s | | | {best / worst:.2f}x "
-                  f"| | |", flush=True)
+                  f"| | | best / lowest ceiling {best / lowest_ceiling:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":
