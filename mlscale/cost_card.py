@@ -41,6 +41,8 @@ class CostCard:
     latency_p50_ms: float | None = field(default=None, metadata=_shown("p50 ms", "{:.4f}"))
     latency_p90_ms: float | None = field(default=None, metadata=_shown("p90 ms", "{:.4f}"))
     latency_p99_ms: float | None = field(default=None, metadata=_shown("p99 ms", "{:.4f}"))
+    # seconds in training steps (no evaluation or set-up), where the trainer recorded them
+    train_time_s: float | None = field(default=None, metadata=_shown("train s", "{:.1f}"))
 
     @staticmethod
     def column(name: str) -> tuple[str, str, str]:
@@ -61,7 +63,8 @@ class CostCard:
             throughput=latency.largest_batch.throughput, latency_threads=latency.threads,
             latency_p50_ms=batch1.p50_ms if batch1 else None,
             latency_p90_ms=batch1.p90_ms if batch1 else None,
-            latency_p99_ms=batch1.p99_ms if batch1 else None)
+            latency_p99_ms=batch1.p99_ms if batch1 else None,
+            train_time_s=result.train_time_s)
 
     def figures(self) -> dict[str, float]:
         """The figures that exist, as MLflow metrics."""

@@ -30,7 +30,31 @@ def test_the_advisor_fits_the_families_that_have_enough_runs(advisor: Advisor) -
     assert lenet.loss_fit.nobs == 25 and lenet.error_fit.nobs == 25
     assert lenet.loss_fit.params["alpha"] > 0 and lenet.loss_fit.params["beta"] > 0
     assert lenet.latency is not None and lenet.latency.params[1] > 0  # more FLOPs, slower
+    assert lenet.train_time is not None and lenet.train_time.nobs == 25
+    assert lenet.train_time.params[1] > 0  # more FLOPs per sample, more seconds per sample
     assert advisor.model.unique == 55_000
+
+
+def test_training_time_is_predicted_from_the_runs_recorded_times(
+        advisor: Advisor, lenet_grid_store: str) -> None:
+    """The 95% interval per sample holds most registered runs' measured times, and an
+    option's time is that rate times the samples it sees."""
+    lenet = advisor.model.families["lenet5"]
+    assert lenet.train_time is not None
+    runs = lenet.runs
+    measured = (runs["train_time_s"] / runs["samples_seen"]).to_numpy()
+    _, lower, upper = lenet.train_time.predict(runs["train_flops_per_sample"])
+    assert ((lower <= measured) & (measured <= upper)).mean() >= 0.8
+    option = advisor.advise(1e13).recommendation
+    time = option.predicted_train_seconds
+    assert time is not None and time.lower is not None and time.upper is not None
+    rate, low, high = lenet.train_time.predict([option.train_flops_per_sample])
+    assert time.value == pytest.approx(rate[0] * option.samples_seen)
+    assert (time.lower, time.upper) == pytest.approx((low[0] * option.samples_seen,
+                                                      high[0] * option.samples_seen))
+    text = CliRunner().invoke(cli, ["budget", "--flops", "1e13", "--tracking-uri",
+                                    lenet_grid_store]).output
+    assert "   training " in text.splitlines()[2]
 
 
 def test_more_budget_never_predicts_a_worse_loss(advisor: Advisor) -> None:
@@ -110,7 +134,8 @@ def test_budget_json_from_the_cli(lenet_grid_store: str) -> None:
                 "predicted_accuracy", "predicted_latency_p90_ms", "nearest_registered_model",
                 "alternatives", "warnings", "train_command"):
         assert key in answer, key
-    for key in ("predicted_test_loss", "predicted_accuracy", "predicted_latency_p90_ms"):
+    for key in ("predicted_test_loss", "predicted_accuracy", "predicted_latency_p90_ms",
+                "predicted_train_seconds"):
         assert set(answer[key]) == {"value", "lower", "upper"}
     assert answer["family"] == "lenet5" and set(answer["dials"]) == {"width", "depth"}
     assert answer["registry"]["from_cache"] is True  # the module's advisor cached the fits
@@ -198,6 +223,7 @@ def test_a_weak_fit_is_shown_but_not_ranked() -> None:
     kinds = {alt.kind: alt for alt in answer.alternatives}
     assert "weak fit: not ranked" in kinds["best_vgg_mini"].why
     assert answer.recommendation.latency_threads == 2
+    assert answer.recommendation.predicted_train_seconds is None  # no run recorded its time
     only_vgg = advisor.advise(1e13, families=["vgg_mini"])  # asked for, it is answered
     assert only_vgg.recommendation.family == "vgg_mini"
     with pytest.raises(MlscaleError, match="too small"):

@@ -53,6 +53,8 @@ class Option:
     predicted_accuracy: Estimate
     predicted_latency_p90_ms: Estimate | None
     latency_threads: int | None  # the thread count that latency is predicted for
+    # time in training steps, at the rates the family's registered runs trained at
+    predicted_train_seconds: Estimate | None = None
 
     def to_dict(self) -> dict[str, Any]:
         payload = asdict(self)

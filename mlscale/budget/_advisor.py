@@ -155,10 +155,14 @@ class Advisor:
         accuracy = Estimate(1 - error.value,
                             None if error.upper is None else max(0.0, 1 - error.upper),
                             None if error.lower is None else 1 - error.lower)
-        latency = None
+        latency = train_seconds = None
         if fm.latency is not None:
             value, lower, upper = fm.latency.predict([grid["flops_per_sample"]])
             latency = Estimate(float(value[0]), float(lower[0]), float(upper[0]))
+        if fm.train_time is not None:
+            value, lower, upper = fm.train_time.predict([grid["train_flops_per_sample"]])
+            train_seconds = Estimate(float(value[0] * samples), float(lower[0] * samples),
+                                     float(upper[0] * samples))
         return Option(
             family=fm.family, width=float(grid["width"]), depth=int(grid["depth"]),
             params=int(grid["params"]), flops_per_sample=int(grid["flops_per_sample"]),
@@ -168,7 +172,8 @@ class Advisor:
             effective_samples=float(effective_data(samples, unique, fm.loss_fit.r_star)),
             predicted_test_loss=loss, predicted_accuracy=accuracy,
             predicted_latency_p90_ms=latency,
-            latency_threads=None if fm.latency is None else fm.latency.threads)
+            latency_threads=None if fm.latency is None else fm.latency.threads,
+            predicted_train_seconds=train_seconds)
 
     def _smallest_budget(self, families: list[FamilyModel]) -> float:
         return min(float(fm.candidates["train_flops_per_sample"].min()) * MIN_SAMPLES

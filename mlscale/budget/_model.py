@@ -2,7 +2,8 @@
 
 Per family with enough registered runs: joint laws of test loss and of error rate in
 parameters N and effective data D' (``fit_law(..., "nd", unique=...)``), batch-1 p90
-latency against forward FLOPs (statsmodels OLS on logs), the empirical saturation of
+latency against forward FLOPs and training seconds per sample against training FLOPs per
+sample (statsmodels OLS on logs), the empirical saturation of
 accuracy against training FLOPs (LOWESS), and the family's dial grid as measured by
 FlopCounterMode. Built once per registry state, cached as JSON: a cached answer needs
 neither torch nor statsmodels.
@@ -32,9 +33,10 @@ from mlscale.scaling import ScalingFit
 if TYPE_CHECKING:
     from mlscale.registry import MlflowSettings
 
-__all__ = ["FamilyModel", "LatencyModel", "RegistryModel", "load_registry_model"]
+__all__ = ["FamilyModel", "LatencyModel", "RegistryModel", "TrainTimeModel",
+           "load_registry_model"]
 
-CACHE_FORMAT = 2  # bump when what the cache holds changes
+CACHE_FORMAT = 3  # bump when what the cache holds changes
 MIN_RUNS = 7  # the joint law has 5 parameters; 2 more so that their covariance exists
 MIN_DISTINCT = 3  # distinct parameter counts and distinct samples seen a fit needs
 RUN_COLUMNS = ["model_uri", "run_name", "width", "depth", *COST_CARD]  # the fits' runs
@@ -42,61 +44,97 @@ FIT_COLUMNS = ["params", "samples_seen", "train_size", "test_loss", "error_rate"
 
 
 @dataclass(frozen=True)
-class LatencyModel:
-    """log p90 (ms) = intercept + slope * log forward FLOPs, by OLS, with prediction intervals.
+class LogLogModel:
+    """log y = intercept + slope * log x, by OLS, with 95% prediction intervals.
 
     ``pooled``: fitted on every family's models because this family had too few.
     """
 
     params: list[float]
     cov: list[list[float]]
-    scale: float  # residual variance of log p90
+    scale: float  # residual variance of log y
     t_975: float  # Student's t quantile for the 95% interval at the residual degrees of freedom
     nobs: int
     pooled: bool
+
+    @staticmethod
+    def _ols(x: pd.Series, y: pd.Series) -> tuple[list[float], list[list[float]], float,
+                                                  float, int]:
+        """(params, cov, scale, t_975, nobs) of log y on log x."""
+        import statsmodels.api as sm
+        from scipy.stats import t
+
+        design = sm.add_constant(np.log(x.to_numpy(dtype=float)))
+        result = sm.OLS(np.log(y.to_numpy(dtype=float)), design).fit()
+        return ([float(v) for v in result.params], np.asarray(result.cov_params()).tolist(),
+                float(result.scale), float(t.ppf(0.975, result.df_resid)), int(result.nobs))
+
+    def predict(self, x: ArrayLike
+                ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        """Predicted y with the 95% prediction interval for one new model."""
+        log_x = np.log(np.asarray(x, dtype=float))
+        (c00, c01), (_, c11) = self.cov
+        mean = self.params[0] + self.params[1] * log_x
+        se = np.sqrt(c00 + 2 * log_x * c01 + log_x**2 * c11 + self.scale)
+        half = self.t_975 * se
+        return np.exp(mean), np.exp(mean - half), np.exp(mean + half)
+
+
+def _positive(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``columns`` of the runs that have all of them, as positive numbers."""
+    values = runs.reindex(columns=columns).apply(pd.to_numeric, errors="coerce").dropna()
+    return values[(values > 0).all(axis=1)]
+
+
+@dataclass(frozen=True)
+class LatencyModel(LogLogModel):
+    """Batch-1 p90 latency (ms) against forward FLOPs per sample."""
+
     threads: int  # the thread count every fitted latency was measured with
 
     @classmethod
     def fit(cls, runs: pd.DataFrame, pooled: bool = False) -> LatencyModel | None:
         """Fit the runs timed on the most common thread count (latencies on different
         thread counts are not comparable); None if they have too few distinct FLOPs."""
-        import statsmodels.api as sm
-        from scipy.stats import t
-
-        timed = runs[["flops_per_sample", "latency_p90_ms", "latency_threads"]].apply(
-            pd.to_numeric, errors="coerce").dropna()
-        timed = timed[(timed > 0).all(axis=1)]
+        timed = _positive(runs, ["flops_per_sample", "latency_p90_ms", "latency_threads"])
         if timed.empty:
             return None
         threads = int(timed["latency_threads"].mode().iloc[0])
         timed = timed[timed["latency_threads"] == threads]
         if timed["flops_per_sample"].nunique() < MIN_DISTINCT:
             return None
-        design = sm.add_constant(np.log(timed["flops_per_sample"].to_numpy(dtype=float)))
-        result = sm.OLS(np.log(timed["latency_p90_ms"].to_numpy(dtype=float)), design).fit()
-        return cls([float(v) for v in result.params], np.asarray(result.cov_params()).tolist(),
-                   float(result.scale), float(t.ppf(0.975, result.df_resid)), int(result.nobs),
-                   pooled, threads)
+        return cls(*cls._ols(timed["flops_per_sample"], timed["latency_p90_ms"]), pooled,
+                   threads)
 
-    def predict(self, flops: ArrayLike
-                ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-        """Predicted p90 (ms) with the 95% prediction interval for one new model."""
-        x = np.log(np.asarray(flops, dtype=float))
-        (c00, c01), (_, c11) = self.cov
-        mean = self.params[0] + self.params[1] * x
-        se = np.sqrt(c00 + 2 * x * c01 + x**2 * c11 + self.scale)
-        half = self.t_975 * se
-        return np.exp(mean), np.exp(mean - half), np.exp(mean + half)
+
+@dataclass(frozen=True)
+class TrainTimeModel(LogLogModel):
+    """Seconds of training per sample seen against training FLOPs per sample.
+
+    Fitted on one family's registered runs where they recorded their time in training
+    steps: thin models run fewer FLOPs per second, so the rate is the family's own at its
+    size, on the machines that trained those runs.
+    """
+
+    @classmethod
+    def fit(cls, runs: pd.DataFrame) -> TrainTimeModel | None:
+        """None if fewer than ``MIN_DISTINCT`` model sizes recorded their time."""
+        timed = _positive(runs, ["train_flops_per_sample", "train_time_s", "samples_seen"])
+        if timed["train_flops_per_sample"].nunique() < MIN_DISTINCT:
+            return None
+        per_sample = timed["train_time_s"] / timed["samples_seen"]
+        return cls(*cls._ols(timed["train_flops_per_sample"], per_sample), pooled=False)
 
 
 @dataclass(frozen=True, eq=False)
 class FamilyModel:
-    """One family's fits, latency model, measured dial grid and registered runs."""
+    """One family's fits, latency and training-time models, measured dial grid and runs."""
 
     family: str
     loss_fit: ScalingFit
     error_fit: ScalingFit
     latency: LatencyModel | None
+    train_time: TrainTimeModel | None
     candidates: pd.DataFrame  # width, depth, params, flops_per_sample, train_flops_per_sample
     runs: pd.DataFrame  # RUN_COLUMNS, one row per registered version
     saturation_flops: float | None  # LOWESS: accuracy gain per 10x FLOPs < 0.1 points
@@ -123,15 +161,17 @@ class FamilyModel:
         return {"family": self.family, "loss_fit": self.loss_fit.to_dict(),
                 "error_fit": self.error_fit.to_dict(),
                 "latency": None if self.latency is None else asdict(self.latency),
+                "train_time": None if self.train_time is None else asdict(self.train_time),
                 "candidates": self.candidates.to_dict("list"), "runs": self.runs.to_dict("list"),
                 "saturation_flops": self.saturation_flops}
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> FamilyModel:
-        latency = payload["latency"]
+        latency, train_time = payload["latency"], payload["train_time"]
         return cls(payload["family"], ScalingFit.from_dict(payload["loss_fit"]),
                    ScalingFit.from_dict(payload["error_fit"]),
                    None if latency is None else LatencyModel(**latency),
+                   None if train_time is None else TrainTimeModel(**train_time),
                    pd.DataFrame(payload["candidates"]), pd.DataFrame(payload["runs"]),
                    payload["saturation_flops"])
 
@@ -180,7 +220,7 @@ def _fit_family(family: str, runs: pd.DataFrame, input_shape: tuple[int, int, in
     saturation = None
     with contextlib.suppress(MlscaleError):  # optional: too few or unusable points
         saturation = saturation_point(runs["train_flops"], runs["test_accuracy"]).x
-    return FamilyModel(family, loss_fit, error_fit, latency,
+    return FamilyModel(family, loss_fit, error_fit, latency, TrainTimeModel.fit(runs),
                        measured_grid(family, input_shape, on_status, num_classes,
                                      _dial_bounds(runs)),
                        runs.reindex(columns=RUN_COLUMNS).reset_index(drop=True), saturation)

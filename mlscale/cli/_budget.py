@@ -85,8 +85,24 @@ def _option_lines(option: Option, indent: str = "  ") -> list[str]:
         f"{indent}test loss {_estimate_text(option.predicted_test_loss, '{:.4f}')}   "
         f"accuracy {_estimate_text(option.predicted_accuracy, '{:.2%}')}   "
         f"p90 latency {_estimate_text(option.predicted_latency_p90_ms, '{:.3g}')} ms"
-        + (f" (batch 1, {option.latency_threads} threads)" if option.latency_threads else ""),
+        + (f" (batch 1, {option.latency_threads} threads)" if option.latency_threads else "")
+        + (f"   training {_duration_text(option.predicted_train_seconds)}"
+           if option.predicted_train_seconds else ""),
     ]
+
+
+def _duration_text(seconds: Estimate) -> str:
+    """'52 min [31, 88]': the estimate and its interval in the unit that suits the value."""
+    unit, size = next(((u, s) for u, s in (("h", 3600.0), ("min", 60.0))
+                       if seconds.value >= 2 * s), ("s", 1.0))
+
+    def number(value: float) -> str:
+        return f"{value / size:.0f}" if value >= 10 * size else f"{value / size:.2g}"
+
+    text = f"{number(seconds.value)} {unit}"
+    if seconds.lower is not None and seconds.upper is not None:
+        text += f" [{number(seconds.lower)}, {number(seconds.upper)}]"
+    return text
 
 
 def _print_advice(advice: Advice) -> None:
