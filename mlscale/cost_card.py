@@ -41,8 +41,10 @@ class CostCard:
     latency_p50_ms: float | None = field(default=None, metadata=_shown("p50 ms", "{:.4f}"))
     latency_p90_ms: float | None = field(default=None, metadata=_shown("p90 ms", "{:.4f}"))
     latency_p99_ms: float | None = field(default=None, metadata=_shown("p99 ms", "{:.4f}"))
-    # seconds in training steps (no evaluation or set-up), where the trainer recorded them
+    # seconds in training steps (no evaluation or set-up), and the CPU threads they ran on
+    # (0: on a GPU), where the trainer recorded them
     train_time_s: float | None = field(default=None, metadata=_shown("train s", "{:.1f}"))
+    train_threads: int | None = field(default=None, metadata=_shown("train threads", "{:.0f}"))
 
     @staticmethod
     def column(name: str) -> tuple[str, str, str]:
@@ -64,7 +66,8 @@ class CostCard:
             latency_p50_ms=batch1.p50_ms if batch1 else None,
             latency_p90_ms=batch1.p90_ms if batch1 else None,
             latency_p99_ms=batch1.p99_ms if batch1 else None,
-            train_time_s=result.train_time_s)
+            train_time_s=result.train_time_s,
+            train_threads=0 if result.config.device.startswith("cuda") else _torch_threads())
 
     def figures(self) -> dict[str, float]:
         """The figures that exist, as MLflow metrics."""
@@ -76,6 +79,13 @@ class CostCard:
 
 
 COST_CARD: tuple[str, ...] = tuple(f.name for f in fields(CostCard))
+
+
+def _torch_threads() -> int:
+    """The CPU threads torch runs on in this process (the trainer's)."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def tag_value(value: object) -> str:

@@ -52,9 +52,26 @@ def test_training_time_is_predicted_from_the_runs_recorded_times(
     assert time.value == pytest.approx(rate[0] * option.samples_seen)
     assert (time.lower, time.upper) == pytest.approx((low[0] * option.samples_seen,
                                                       high[0] * option.samples_seen))
+    assert option.train_threads == lenet.train_time.threads >= 1
     text = CliRunner().invoke(cli, ["budget", "--flops", "1e13", "--tracking-uri",
                                     lenet_grid_store]).output
-    assert "   training " in text.splitlines()[2]
+    predicted = text.splitlines()[2]
+    assert "   training " in predicted and f" ({lenet.train_time.threads} thread" in predicted
+
+
+def test_training_time_never_extrapolates_the_flop_rate(advisor: Advisor) -> None:
+    """Past the largest timed run the rate is held (a log-log line would promise bigger
+    models ever more FLOPs per second), and the advice says so."""
+    timed = advisor.model.families["lenet5"].train_time
+    assert timed is not None
+    at_high, _, _ = timed.predict([timed.high])
+    beyond, low, high = timed.predict([100 * timed.high])
+    assert beyond[0] == pytest.approx(100 * at_high[0])
+    assert low[0] < beyond[0] < high[0]
+    big = advisor.advise(1e16).recommendation
+    assert big.train_flops_per_sample > 10 * timed.high
+    assert any(w.startswith("training time assumes the FLOP rate of the largest timed lenet5")
+               for w in advisor.advise(1e16).warnings)
 
 
 def test_more_budget_never_predicts_a_worse_loss(advisor: Advisor) -> None:

@@ -55,6 +55,7 @@ class Option:
     latency_threads: int | None  # the thread count that latency is predicted for
     # time in training steps, at the rates the family's registered runs trained at
     predicted_train_seconds: Estimate | None = None
+    train_threads: int | None = None  # the CPU threads that time is predicted for (0: a GPU)
 
     def to_dict(self) -> dict[str, Any]:
         payload = asdict(self)
@@ -153,6 +154,14 @@ def advice_warnings(fm: FamilyModel, option: Option, budget: float,
         warnings.append(
             f"extrapolation: {option.params:,} parameters are {size_ratio:.3g}x the largest "
             f"{fm.family} model fitted ({fm.largest_params:,.0f})")
+    timed = fm.train_time
+    if timed is not None and option.train_flops_per_sample > EXTRAPOLATION_FACTOR * timed.high:
+        rate = timed.high / float(timed.predict([timed.high])[0][0])
+        warnings.append(
+            f"training time assumes the FLOP rate of the largest timed {fm.family} run "
+            f"({rate / 1e9:.3g} GFLOP/s at {timed.high:.3g} training FLOPs per sample) for "
+            f"a model of {option.train_flops_per_sample / timed.high:.3g}x its FLOPs; "
+            "larger models usually run faster per FLOP, up to the machine's peak")
     if fm.latency is not None and fm.latency.pooled:
         warnings.append(f"latency of {fm.family} is predicted from all families' models "
                         f"(it has too few timed models of its own)")

@@ -173,7 +173,8 @@ class Advisor:
             predicted_test_loss=loss, predicted_accuracy=accuracy,
             predicted_latency_p90_ms=latency,
             latency_threads=None if fm.latency is None else fm.latency.threads,
-            predicted_train_seconds=train_seconds)
+            predicted_train_seconds=train_seconds,
+            train_threads=None if fm.train_time is None else fm.train_time.threads)
 
     def _smallest_budget(self, families: list[FamilyModel]) -> float:
         return min(float(fm.candidates["train_flops_per_sample"].min()) * MIN_SAMPLES

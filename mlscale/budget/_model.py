@@ -111,19 +111,43 @@ class LatencyModel(LogLogModel):
 class TrainTimeModel(LogLogModel):
     """Seconds of training per sample seen against training FLOPs per sample.
 
-    Fitted on one family's registered runs where they recorded their time in training
-    steps: thin models run fewer FLOPs per second, so the rate is the family's own at its
-    size, on the machines that trained those runs.
+    Fitted on one family's registered runs that recorded their time in training steps,
+    on the thread count most of them trained with: thin models run fewer FLOPs per
+    second, so the rate is the family's own at its size. Outside the fitted sizes the FLOP
+    rate is held at that of the nearest end (never extrapolated: a log-log line would
+    promise bigger models ever more FLOPs per second, past any machine's peak).
     """
+
+    threads: int  # CPU threads the fitted runs trained with (0: on a GPU)
+    low: float  # the fitted range of training FLOPs per sample
+    high: float
 
     @classmethod
     def fit(cls, runs: pd.DataFrame) -> TrainTimeModel | None:
         """None if fewer than ``MIN_DISTINCT`` model sizes recorded their time."""
         timed = _positive(runs, ["train_flops_per_sample", "train_time_s", "samples_seen"])
+        threads = pd.to_numeric(runs.reindex(columns=["train_threads"])["train_threads"],
+                                errors="coerce").reindex(timed.index).dropna()
+        if threads.empty:
+            return None
+        common = int(threads.mode().iloc[0])
+        timed = timed.loc[threads.index[threads == common]]
         if timed["train_flops_per_sample"].nunique() < MIN_DISTINCT:
             return None
+        sizes = timed["train_flops_per_sample"]
         per_sample = timed["train_time_s"] / timed["samples_seen"]
-        return cls(*cls._ols(timed["train_flops_per_sample"], per_sample), pooled=False)
+        return cls(*cls._ols(sizes, per_sample), pooled=False, threads=common,
+                   low=float(sizes.min()), high=float(sizes.max()))
+
+    def predict(self, x: ArrayLike
+                ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        """Seconds per sample with the 95% prediction interval, at the nearest fitted
+        size's FLOP rate outside the fitted range."""
+        sizes = np.asarray(x, dtype=float)
+        fitted = np.clip(sizes, self.low, self.high)
+        value, lower, upper = super().predict(fitted)
+        scale = sizes / fitted
+        return value * scale, lower * scale, upper * scale
 
 
 @dataclass(frozen=True, eq=False)

@@ -87,8 +87,12 @@ def _option_lines(option: Option, indent: str = "  ") -> list[str]:
         f"p90 latency {_estimate_text(option.predicted_latency_p90_ms, '{:.3g}')} ms"
         + (f" (batch 1, {option.latency_threads} threads)" if option.latency_threads else "")
         + (f"   training {_duration_text(option.predicted_train_seconds)}"
-           if option.predicted_train_seconds else ""),
+           f" ({_threads_text(option.train_threads)})" if option.predicted_train_seconds else ""),
     ]
+
+
+def _threads_text(threads: int | None) -> str:
+    return "on a GPU" if threads == 0 else f"{threads} thread{'s' if threads != 1 else ''}"
 
 
 def _duration_text(seconds: Estimate) -> str:
