@@ -109,10 +109,11 @@ def step_seconds(model: torch.nn.Module, repeats: int, bf16: bool = False) -> fl
 def conv_seconds(model: torch.nn.Module, repeats: int, bf16: bool = False) -> float:
     """Sum over conv layers of the best time of each alone: forward and the step's gradients
     (the input's only where the layer's input needs one) at its batch-256 input shape."""
-    shapes: dict[torch.nn.Conv2d, tuple[torch.Size, bool]] = {}
+    inputs_seen: dict[torch.nn.Conv2d, tuple[torch.Size, torch.dtype, bool]] = {}
 
     def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _: object) -> None:
-        shapes[module] = (inputs[0].shape, inputs[0].requires_grad)  # type: ignore[index]
+        x = inputs[0]
+        inputs_seen[module] = (x.shape, x.dtype, x.requires_grad)  # type: ignore[index]
 
     hooks = [m.register_forward_hook(record) for m in model.modules()
              if isinstance(m, torch.nn.Conv2d)]
@@ -126,8 +127,9 @@ def conv_seconds(model: torch.nn.Module, repeats: int, bf16: bool = False) -> fl
     for hook in hooks:
         hook.remove()
     total = 0.0
-    for conv, (shape, needs_grad) in shapes.items():
-        x = torch.randn(shape).contiguous(memory_format=memory_format).requires_grad_(needs_grad)
+    for conv, (shape, dtype, needs_grad) in inputs_seen.items():
+        x = torch.randn(shape).to(dtype).contiguous(memory_format=memory_format)
+        x.requires_grad_(needs_grad)
 
         def step(conv: torch.nn.Conv2d = conv, x: torch.Tensor = x) -> None:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

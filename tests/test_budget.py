@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from mlscale.budget import Advisor, build_registry_model
+from mlscale.budget._model import FamilyModel
 from mlscale.cli import cli
 from mlscale.errors import MlscaleError
 from mlscale.registry import load_settings
@@ -68,6 +69,12 @@ def test_training_time_never_extrapolates_the_flop_rate(advisor: Advisor) -> Non
     beyond, low, high = timed.predict([100 * timed.high])
     assert beyond[0] == pytest.approx(100 * at_high[0])
     assert low[0] < beyond[0] < high[0]
+    small = timed.high / 1000  # below the timed sizes the line goes on
+    intercept, slope = timed.params
+    assert timed.predict([small])[0][0] == pytest.approx(np.exp(intercept) * small**slope)
+    cached = FamilyModel.from_dict(json.loads(json.dumps(
+        advisor.model.families["lenet5"].to_dict())))
+    assert cached.train_time == timed
     big = advisor.advise(1e16).recommendation
     assert big.train_flops_per_sample > 10 * timed.high
     assert any(w.startswith("training time assumes the FLOP rate of the largest timed lenet5")

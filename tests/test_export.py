@@ -51,10 +51,19 @@ def test_a_corrupt_onnx_file_is_a_one_line_error() -> None:
 
 
 def test_resnet_exports_its_downsample_as_a_strided_conv(mnist: Splits) -> None:
-    """The zoo trains ResNet's downsample as subsample + 1x1 conv; its graph is the usual."""
+    """The zoo trains ResNet's downsample as subsample + 1x1 conv and its pool through its
+    own gradient; its graph is the usual one."""
     exported = export_onnx(get_model("resnet_mini", width=0.25), _real_batch(mnist, 8))
     nodes = exported.model.graph.node
     strides = [tuple(a.ints) for n in nodes if n.op_type == "Conv"
                for a in n.attribute if a.name == "strides"]
     assert (2, 2) in strides
-    assert not [n.op_type for n in nodes if n.op_type == "Slice"]
+    ops = {n.op_type for n in nodes}
+    assert "Slice" not in ops and "GlobalAveragePool" in ops and "ReduceMean" not in ops
+
+
+def test_inception_exports_torchs_concatenation(mnist: Splits) -> None:
+    exported = export_onnx(get_model("inception_mini", width=0.25, depth=1),
+                           _real_batch(mnist, 8))
+    ops = {n.op_type for n in exported.model.graph.node}
+    assert "Concat" in ops and "GlobalAveragePool" in ops

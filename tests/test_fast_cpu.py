@@ -384,7 +384,7 @@ def test_global_pool_is_torchs_pool_with_the_gradient_in_the_inputs_layout(
         memory_format: torch.memory_format) -> None:
     x = torch.randn(5, 6, 7, 9).contiguous(memory_format=memory_format)
     upstream = torch.randn(5, 6, 1, 1)
-    ours, ours_grad, ours_fn = _pool_and_grad(GlobalAvgPool2d(), x, upstream)
+    ours, ours_grad, ours_fn = _pool_and_grad(GlobalAvgPool2d().train(), x, upstream)
     theirs, theirs_grad, _ = _pool_and_grad(nn.AdaptiveAvgPool2d(1), x, upstream)
     assert ours_fn == "_GlobalMeanBackward"
     assert torch.allclose(ours, theirs, atol=1e-6)
@@ -401,7 +401,8 @@ def test_concatenation_is_torchs_with_each_gradient_in_its_maps_layout() -> None
     maps.append(torch.randn(3, 2, 5, 5))  # an NCHW map keeps NCHW
     upstream = torch.randn(3, 13, 5, 5).contiguous(memory_format=CHANNELS_LAST)
     results = []
-    for concatenate in (concat_channels, lambda ms: torch.cat(ms, dim=1)):
+    for concatenate in (lambda ms: concat_channels(ms, training=True),
+                        lambda ms: torch.cat(ms, dim=1)):
         inputs = [m.clone().requires_grad_() for m in maps]
         y = concatenate(inputs)
         y.backward(upstream)

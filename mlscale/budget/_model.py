@@ -45,17 +45,13 @@ FIT_COLUMNS = ["params", "samples_seen", "train_size", "test_loss", "error_rate"
 
 @dataclass(frozen=True)
 class LogLogModel:
-    """log y = intercept + slope * log x, by OLS, with 95% prediction intervals.
-
-    ``pooled``: fitted on every family's models because this family had too few.
-    """
+    """log y = intercept + slope * log x, by OLS, with 95% prediction intervals."""
 
     params: list[float]
     cov: list[list[float]]
     scale: float  # residual variance of log y
     t_975: float  # Student's t quantile for the 95% interval at the residual degrees of freedom
     nobs: int
-    pooled: bool
 
     @staticmethod
     def _ols(x: pd.Series, y: pd.Series) -> tuple[list[float], list[list[float]], float,
@@ -88,8 +84,12 @@ def _positive(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class LatencyModel(LogLogModel):
-    """Batch-1 p90 latency (ms) against forward FLOPs per sample."""
+    """Batch-1 p90 latency (ms) against forward FLOPs per sample.
 
+    ``pooled``: fitted on every family's models because this family had too few.
+    """
+
+    pooled: bool
     threads: int  # the thread count every fitted latency was measured with
 
     @classmethod
@@ -113,14 +113,15 @@ class TrainTimeModel(LogLogModel):
 
     Fitted on one family's registered runs that recorded their time in training steps,
     on the thread count most of them trained with: thin models run fewer FLOPs per
-    second, so the rate is the family's own at its size. Outside the fitted sizes the FLOP
-    rate is held at that of the nearest end (never extrapolated: a log-log line would
-    promise bigger models ever more FLOPs per second, past any machine's peak).
+    second, so the rate is the family's own at its size. Past the largest timed size the
+    FLOP rate is held at that size's (a log-log line with a slope under 1 would promise
+    bigger models ever more FLOPs per second, past any machine's peak); below the
+    smallest, the line goes on (per-step overhead keeps small models slow per FLOP).
+    Runs of other precisions or batch sizes on those threads are fitted together.
     """
 
     threads: int  # CPU threads the fitted runs trained with (0: on a GPU)
-    low: float  # the fitted range of training FLOPs per sample
-    high: float
+    high: float  # the largest timed training FLOPs per sample
 
     @classmethod
     def fit(cls, runs: pd.DataFrame) -> TrainTimeModel | None:
@@ -136,15 +137,14 @@ class TrainTimeModel(LogLogModel):
             return None
         sizes = timed["train_flops_per_sample"]
         per_sample = timed["train_time_s"] / timed["samples_seen"]
-        return cls(*cls._ols(sizes, per_sample), pooled=False, threads=common,
-                   low=float(sizes.min()), high=float(sizes.max()))
+        return cls(*cls._ols(sizes, per_sample), threads=common, high=float(sizes.max()))
 
     def predict(self, x: ArrayLike
                 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-        """Seconds per sample with the 95% prediction interval, at the nearest fitted
-        size's FLOP rate outside the fitted range."""
+        """Seconds per sample with the 95% prediction interval, at the largest timed
+        size's FLOP rate past it."""
         sizes = np.asarray(x, dtype=float)
-        fitted = np.clip(sizes, self.low, self.high)
+        fitted = np.minimum(sizes, self.high)
         value, lower, upper = super().predict(fitted)
         scale = sizes / fitted
         return value * scale, lower * scale, upper * scale

@@ -84,8 +84,7 @@ def _option_lines(option: Option, indent: str = "  ") -> list[str]:
         f"{option.train_flops:.3g} training FLOPs",
         f"{indent}test loss {_estimate_text(option.predicted_test_loss, '{:.4f}')}   "
         f"accuracy {_estimate_text(option.predicted_accuracy, '{:.2%}')}   "
-        f"p90 latency {_estimate_text(option.predicted_latency_p90_ms, '{:.3g}')} ms"
-        + (f" (batch 1, {option.latency_threads} threads)" if option.latency_threads else "")
+        f"p90 latency {_latency_text(option)}"
         + (f"   training {_duration_text(option.predicted_train_seconds)}"
            f" ({_threads_text(option.train_threads)})" if option.predicted_train_seconds else ""),
     ]
@@ -95,18 +94,27 @@ def _threads_text(threads: int | None) -> str:
     return "on a GPU" if threads == 0 else f"{threads} thread{'s' if threads != 1 else ''}"
 
 
+def _latency_text(option: Option) -> str:
+    if option.predicted_latency_p90_ms is None:
+        return "not predicted"
+    return (f"{_estimate_text(option.predicted_latency_p90_ms, '{:.3g}')} ms"
+            + (f" (batch 1, {option.latency_threads} threads)" if option.latency_threads else ""))
+
+
 def _duration_text(seconds: Estimate) -> str:
-    """'52 min [31, 88]': the estimate and its interval in the unit that suits the value."""
-    unit, size = next(((u, s) for u, s in (("h", 3600.0), ("min", 60.0))
-                       if seconds.value >= 2 * s), ("s", 1.0))
-
-    def number(value: float) -> str:
-        return f"{value / size:.0f}" if value >= 10 * size else f"{value / size:.2g}"
-
-    text = f"{number(seconds.value)} {unit}"
+    """'2.6 h [1.4 h, 4.9 h]': the estimate and its interval, each in the unit that suits it."""
+    text = _duration(seconds.value)
     if seconds.lower is not None and seconds.upper is not None:
-        text += f" [{number(seconds.lower)}, {number(seconds.upper)}]"
+        text += f" [{_duration(seconds.lower)}, {_duration(seconds.upper)}]"
     return text
+
+
+def _duration(seconds: float) -> str:
+    """'45 s', '4.4 min', '2.6 h', '3.1 d': two significant digits under ten units."""
+    unit, size = next(((u, s) for u, s in (("d", 86400.0), ("h", 3600.0), ("min", 60.0))
+                       if seconds >= 2 * s), ("s", 1.0))
+    value = seconds / size
+    return f"{value:.0f} {unit}" if value >= 10 else f"{value:.2g} {unit}"
 
 
 def _print_advice(advice: Advice) -> None:

@@ -285,7 +285,8 @@ class _Subsample(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor, None]:
         rows, columns = ctx.stride
-        grad_x = grads[0].new_zeros(ctx.shape).contiguous(memory_format=ctx.memory_format)
+        grad_x = torch.empty(ctx.shape, dtype=grads[0].dtype, device=grads[0].device,
+                             memory_format=ctx.memory_format).zero_()
         grad_x[:, :, ::rows, ::columns] = grads[0]
         return grad_x, None
 
@@ -295,13 +296,14 @@ class GlobalAvgPool2d(nn.AdaptiveAvgPool2d):
 
     torch's backward of the pool returns an NCHW gradient for a channels_last map, and
     every backward kernel of the block before it then ran torch's mixed-layout loops.
+    Outside training it is torch's pool (so an exported graph has GlobalAveragePool).
     """
 
     def __init__(self) -> None:
         super().__init__(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4 and torch.is_grad_enabled() and x.requires_grad:
+        if self.training and x.dim() == 4 and torch.is_grad_enabled() and x.requires_grad:
             pooled: torch.Tensor = _GlobalMean.apply(x)
             return pooled
         return super().forward(x)
@@ -322,14 +324,14 @@ class _GlobalMean(torch.autograd.Function):
         return spread.contiguous(memory_format=ctx.memory_format)
 
 
-def concat_channels(maps: list[torch.Tensor]) -> torch.Tensor:
+def concat_channels(maps: list[torch.Tensor], training: bool) -> torch.Tensor:
     """``torch.cat(maps, dim=1)`` whose gradients come back in each map's own layout.
 
     torch hands each map a channel slice of the concatenated gradient, which for
     channels_last maps is strided, and the branches' backward kernels then ran torch's
-    slow strided loops.
+    slow strided loops. Only in ``training``: evaluation and export get torch's op.
     """
-    if torch.is_grad_enabled() and any(m.requires_grad for m in maps):
+    if training and torch.is_grad_enabled() and any(m.requires_grad for m in maps):
         concatenated: torch.Tensor = _ConcatChannels.apply(*maps)
         return concatenated
     return torch.cat(maps, dim=1)
@@ -345,6 +347,8 @@ class _ConcatChannels(torch.autograd.Function):
         return torch.cat(maps, dim=1)
 
     @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(part.contiguous(memory_format=memory_format) for part, memory_format
-                     in zip(grads[0].split(ctx.channels, dim=1), ctx.memory_formats, strict=True))
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        parts = zip(grads[0].split(ctx.channels, dim=1), ctx.memory_formats,
+                    ctx.needs_input_grad, strict=True)
+        return tuple(part.contiguous(memory_format=memory_format) if needed else None
+                     for part, memory_format, needed in parts)

@@ -54,7 +54,7 @@ class Inception(nn.Module):
         self.out_channels = ch1x1 + ch3x3 + ch5x5 + pool_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return concat_channels([branch(x) for branch in self.branches])
+        return concat_channels([branch(x) for branch in self.branches], self.training)
 
 
 class GoogLeNet(nn.Module):
