@@ -73,6 +73,9 @@ def test_two_models_become_two_versions_with_full_cost_cards(fresh_store: str) -
     assert {row["model_uri"] for row in listed} == {"models:/mnist-lenet5/1",
                                                    "models:/mnist-lenet5/2"}
     assert all(row["params"] == 61_706 for row in listed)
+    table = CliRunner().invoke(cli, ["models"]).output
+    assert "train s" in table
+    assert f"{strong.result.train_time_s:.1f}" in table  # what its training steps took
     csv = CliRunner().invoke(cli, ["models", "--csv", "--arch", "lenet5"]).output
     assert csv.splitlines()[0].startswith("name,version,model_uri")
     assert len(csv.splitlines()) == 3

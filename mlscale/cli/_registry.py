@@ -53,8 +53,8 @@ def _print_models_table(frame: pd.DataFrame) -> None:
     table = Table(title=f"registered models ({len(frame)} versions; FLOPs = 2 x MACs)")
     columns = [("model", "model_uri", "{}"), ("alias", "aliases", "{}"),
                *map(CostCard.column, ("params", "flops_per_sample", "train_flops",
-                                      "test_accuracy", "test_loss", "latency_p50_ms",
-                                      "latency_p90_ms", "throughput"))]
+                                      "train_time_s", "test_accuracy", "test_loss",
+                                      "latency_p50_ms", "latency_p90_ms", "throughput"))]
     for header, _, _ in columns:
         table.add_column(header, justify="left" if header in ("model", "alias") else "right")
     for row in frame.to_dict("records"):
