@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 import pytest
 import yaml
+from _cli import run_main
 from click.testing import CliRunner
 from mlflow import MlflowClient
 from optuna.trial import TrialState
@@ -263,3 +264,77 @@ def test_two_local_workers_print_their_trials_and_one_summary(fresh_store: str,
     assert len(finished) == 4, done.stdout  # each grid point trained once, by either worker
     assert done.stdout.count("study tiny: 4 complete") == 1, done.stdout
     assert done.stdout.count("best per family") == 1, done.stdout
+
+
+def test_a_budget_below_the_cheapest_trial_is_refused_before_anything_is_written(
+    fresh_store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The cheapest trial _tiny allows: LeNet-5 at width 0.5, 1 epoch of 400 samples."""
+    pipeline = _write_pipeline(tmp_path, budget_flops=1e8)
+    code, _, err = run_main(capsys, "search", str(pipeline), "--storage", _storage(tmp_path))
+    assert code == 1
+    assert err.startswith("Error: a budget of 1e+08 training FLOPs is too small: the "
+                          "cheapest trial this pipeline allows costs "), err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "optuna.db").exists()
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_search_says_why_it_stopped(fresh_store: str, tmp_path: Path, mnist: Splits,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    summary = run_search(parse_pipeline(_tiny(budget_flops=2e9)), load_settings(),
+                         storage=_storage(tmp_path), data=mnist)
+    assert summary.stop_reason.startswith("the budget is spent: "), summary.stop_reason
+    grid = _tiny(name="grid", sampler="grid", pruner="none", budget_flops=1e11, search_space={
+        "width": [0.5], "depth": [1], "train_size": [300], "epochs": [1], "lr": [3e-3]})
+    summary = run_search(parse_pipeline(grid), load_settings(), storage=_storage(tmp_path),
+                         data=mnist)
+    assert summary.stop_reason == "every point of the grid has been tried"
+    code, out, _ = run_main(capsys, "search", str(_write_pipeline(tmp_path, **grid)),
+                            "--storage", _storage(tmp_path))
+    assert code == 0
+    assert "stopped: every point of the grid has been tried" in out
+
+
+def test_a_study_resumed_with_other_choices_is_refused_without_a_trial(
+    fresh_store: str, tmp_path: Path, mnist: Splits, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Optuna fails every trial that proposes a categorical with other choices than the
+    study's first trials: a changed pipeline is told so before it starts a trial."""
+    storage = _storage(tmp_path)
+    run_search(parse_pipeline(_tiny(budget_flops=2e9)), load_settings(), storage=storage,
+               data=mnist)
+    before = [(t.number, t.state) for t in _trials(storage)]
+    changed = _write_pipeline(tmp_path, families=["lenet5", "vgg_mini"], budget_flops=4e9)
+    code, _, err = run_main(capsys, "search", str(changed), "--storage", storage)
+    assert code == 1
+    assert err == ("Error: study tiny searched family over the choices lenet5; this pipeline "
+                   "has the choices lenet5, vgg_mini: pass --study NEW for the changed search, "
+                   "or run the pipeline the study began with\n")
+    assert [(t.number, t.state) for t in _trials(storage)] == before
+    client = MlflowClient(fresh_store)
+    experiment = client.get_experiment_by_name("mlscale-mnist")
+    assert experiment is not None
+    parent = client.search_runs([experiment.experiment_id],
+                                filter_string="attributes.run_name = 'search-tiny'")
+    assert [run.info.status for run in parent] == ["FINISHED"]
+
+
+def test_a_proposal_optuna_refuses_fails_its_trial_with_optunas_reason(
+    fresh_store: str, tmp_path: Path, mnist: Splits, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the up-front check (switched off here), a refused proposal is the trial's own
+    failure, never reported as another worker's doing."""
+    import mlscale.search._run
+
+    storage = _storage(tmp_path)
+    run_search(parse_pipeline(_tiny(budget_flops=2e9)), load_settings(), storage=storage,
+               data=mnist)
+    monkeypatch.setattr(mlscale.search._run, "space_conflict", lambda study, pipeline: None)
+    changed = _write_pipeline(tmp_path, families=["lenet5", "vgg_mini"], budget_flops=4e9)
+    code, out, err = run_main(capsys, "search", str(changed), "--storage", storage)
+    assert code == 1
+    assert err == ("Error: search stopped: its last trials all failed with: "
+                   "CategoricalDistribution does not support dynamic value space.\n")
+    assert "another worker" not in out + err

@@ -139,8 +139,10 @@ def _print_search_summary(summary: SearchSummary) -> None:
     if not console.is_terminal:
         console = Console(width=160)
     states = ", ".join(f"{n} {k.lower()}" for k, n in sorted(summary.n_trials.items()))
-    console.print(f"study {summary.study}: {states}; spent {summary.flops_spent:.4g} of "
-                  f"{summary.budget_flops:.4g} training FLOPs (FLOPs = 2 x MACs)")
+    console.print(f"study {summary.study}: {states or 'no trials'}; spent "
+                  f"{summary.flops_spent:.4g} of {summary.budget_flops:.4g} training FLOPs "
+                  "(FLOPs = 2 x MACs)" + (f"; stopped: {summary.stop_reason}"
+                                         if summary.stop_reason else ""))
     for title, rows in (("best per family", summary.best_per_family),
                         ("Pareto front (val loss vs batch-1 p90 latency)", summary.pareto_front)):
         if not rows:

@@ -41,11 +41,11 @@ class _Objective:
 
     def __init__(self, pipeline: Pipeline, settings: MlflowSettings, data: Splits,
                  parent_run_id: str, study_name: str,
-                 on_training: Callable[[Progress], None] | None) -> None:
+                 on_training: Callable[[Progress], None] | None, costs: _Costs) -> None:
         self.pipeline, self.settings, self.data = pipeline, settings, data
         self.parent_run_id, self.study_name = parent_run_id, study_name
         self.on_training = on_training
-        self.costs = _Costs(pipeline)
+        self.costs = costs
         self.cost_prunes_in_a_row = 0
         self.failures_in_a_row = 0
         self.current_trial: optuna.Trial | None = None
@@ -66,7 +66,11 @@ class _Objective:
         from mlscale.workflow import train_and_register
 
         trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
-        params = _suggest(trial, self.pipeline)
+        try:
+            params = _suggest(trial, self.pipeline)
+        except ValueError as error:  # Optuna refused the proposal: this trial fails, said why
+            self._record_failure(trial, error, trained=False, cost=0.0)
+            raise MlscaleError(first_line(error, 500)) from error
         per_sample = self.costs.per_sample(params["family"], params["width"], params["depth"])
         samples = _samples(params, per_sample)
         cost = float(samples * per_sample)

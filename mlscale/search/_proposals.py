@@ -11,6 +11,7 @@ from mlscale.search._concurrency import (
 
 if TYPE_CHECKING:
     import optuna
+    from optuna.distributions import BaseDistribution
 
 
 def _suggest(trial: optuna.Trial, pipeline: Pipeline) -> dict[str, Any]:
@@ -35,6 +36,67 @@ def _param_name(pipeline: Pipeline, family: str, knob: str) -> str:
 def _knob_values(trial_params: dict[str, Any]) -> dict[str, Any]:
     """A trial's Optuna parameters by knob (``lr.lenet5`` is the ``lr`` knob)."""
     return {name.partition(".")[0]: value for name, value in trial_params.items()}
+
+
+def space_conflict(study: optuna.Study, pipeline: Pipeline) -> str | None:
+    """Why the pipeline cannot resume ``study``, or None. Optuna fixes a parameter's kind
+    (float, int, categorical) and a categorical's choices at its first trial and fails
+    every later trial that proposes it otherwise, so a pipeline whose families or choices
+    changed must start a new study rather than spend trials on failures."""
+    from optuna.distributions import CategoricalDistribution
+
+    wanted = _distributions(pipeline)
+    seen: set[str] = set()
+    for trial in study.get_trials(deepcopy=False):
+        for name, stored in trial.distributions.items():
+            if name in seen or name not in wanted:
+                continue
+            seen.add(name)
+            new = wanted[name]
+            if type(stored) is not type(new) or (
+                    isinstance(stored, CategoricalDistribution)
+                    and isinstance(new, CategoricalDistribution)
+                    and tuple(stored.choices) != tuple(new.choices)):
+                return (f"study {study.study_name} searched {name} over {_describe(stored)}; "
+                        f"this pipeline has {_describe(new)}: pass --study NEW for the "
+                        "changed search, or run the pipeline the study began with")
+    return None
+
+
+def _distributions(pipeline: Pipeline) -> dict[str, BaseDistribution]:
+    """Optuna's parameter name -> distribution for every proposal the pipeline can make."""
+    from optuna.distributions import CategoricalDistribution
+
+    found: dict[str, BaseDistribution] = {
+        "family": CategoricalDistribution(list(pipeline.families))}
+    for family in pipeline.families:
+        for knob in KNOBS:
+            spec = pipeline.knob(family, knob)
+            if spec is not None:
+                found[_param_name(pipeline, family, knob)] = _distribution(knob, spec)
+    return found
+
+
+def _distribution(knob: str, spec: Range) -> BaseDistribution:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if spec.values is not None:
+        return CategoricalDistribution(list(spec.values))
+    low, high = spec.bounds
+    if KNOBS[knob][0]:
+        return IntDistribution(int(low), int(high), log=spec.log)
+    return FloatDistribution(low, high, log=spec.log)
+
+
+def _describe(distribution: BaseDistribution) -> str:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return "the choices " + ", ".join(map(str, distribution.choices))
+    if isinstance(distribution, IntDistribution | FloatDistribution):
+        kind = "integers" if isinstance(distribution, IntDistribution) else "floats"
+        return f"{kind} in [{distribution.low:g}, {distribution.high:g}]"
+    return type(distribution).__name__
 
 
 def _suggest_range(trial: optuna.Trial, name: str, knob: str, spec: Range) -> Any:

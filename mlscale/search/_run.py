@@ -29,10 +29,10 @@ from mlscale.search._concurrency import (
     shared_parent_run,
     store_error,
 )
-from mlscale.search._costs import _min_trial_cost, _spent_flops, committed_flops
+from mlscale.search._costs import _Costs, _min_trial_cost, _spent_flops, committed_flops
 from mlscale.search._failures import FAIL_REASON, repeated_failure
 from mlscale.search._objective import _mark_run, _Objective
-from mlscale.search._proposals import _knob_values, _pruner, _sampler
+from mlscale.search._proposals import _knob_values, _pruner, _sampler, space_conflict
 from mlscale.search._summary import SearchProgress, SearchSummary, _log_plots, _summarise
 
 if TYPE_CHECKING:
@@ -130,6 +130,11 @@ def run_search(
         _mark_run(settings, trial.user_attrs.get(RUN_ID), "FAILED", "mlscale.failure",
                   "the worker running this trial stopped (no heartbeat)")
 
+    costs = _Costs(pipeline)
+    min_cost = _min_trial_cost(pipeline, costs)
+    if min_cost > pipeline.budget_flops:
+        raise MlscaleError(f"a budget of {pipeline.budget_flops:.3g} training FLOPs is too small: "
+                           f"the cheapest trial this pipeline allows costs {min_cost:.3g}")
     rdb = _storage(storage_url, heartbeat_interval, on_stale)
     directions = [optuna.study.StudyDirection.MINIMIZE] * len(pipeline.objectives)
 
@@ -152,6 +157,8 @@ def run_search(
             raise store_error(storage_url, error) from None
         if list(study.directions) != directions:
             raise MlscaleError(f"study {name} exists with other objectives; pass --study NEW")
+        if not created and (conflict := space_conflict(study, pipeline)) is not None:
+            raise MlscaleError(conflict)
         exp_id = experiment_id(settings, settings.experiment_name(pipeline.dataset))
         if created:
             parent_run_id = shared_parent_run(study, True, PARENT_RUN, new_parent_run)
@@ -162,12 +169,12 @@ def run_search(
     data = data if data is not None else load(pipeline.dataset)
     resume_parent_run(settings, parent_run_id)
     close_orphan_runs(settings, study, exp_id, parent_run_id)
-    objective = _Objective(pipeline, settings, data, parent_run_id, name, on_training)
+    objective = _Objective(pipeline, settings, data, parent_run_id, name, on_training, costs)
     objective.cost_prunes_in_a_row = _unaffordable_tail(study, pipeline)
-    min_cost = _min_trial_cost(pipeline, objective.costs)
-    status = "FAILED"
+    status, stop = "FAILED", None
     try:
-        while _should_continue(study, pipeline, objective, min_cost):
+        while (stop := _stop_reason(study, pipeline, objective.cost_prunes_in_a_row,
+                                    min_cost)) is None:
             _optimize_one(study, objective, heartbeat_interval)
             _after_trial(study, objective)
             if on_progress is not None:
@@ -175,7 +182,7 @@ def run_search(
             if (reason := repeated_failure(study)) is not None:
                 status = "FAILED"
                 raise MlscaleError(f"search stopped: its last trials all failed with: {reason}")
-        summary = _summarise(study, pipeline, storage_url, parent_run_id)
+        summary = _summarise(study, pipeline, storage_url, parent_run_id, stop)
         status = "FINISHED"
         return summary
     except KeyboardInterrupt:
@@ -185,10 +192,11 @@ def run_search(
     finally:
         close_orphan_runs(settings, study, exp_id, parent_run_id)
         if status == "FINISHED":
-            _close_parent(settings, study, pipeline, storage_url, parent_run_id, status)
+            _close_parent(settings, study, pipeline, storage_url, parent_run_id, status,
+                          stop or "")
         else:  # already failing: what the store says now must not hide why
             with contextlib.suppress(Exception):
-                _close_parent(settings, study, pipeline, storage_url, parent_run_id, status)
+                _close_parent(settings, study, pipeline, storage_url, parent_run_id, status, "")
 
 
 def study_summary(pipeline: Pipeline, *, storage: str | None = None,
@@ -205,7 +213,10 @@ def study_summary(pipeline: Pipeline, *, storage: str | None = None,
         raise MlscaleError(f"study {name} is not in {masked_url(storage_url)}") from None
     except Exception as error:  # SQLAlchemy's many connection/URL errors
         raise store_error(storage_url, error) from None
-    return _summarise(study, pipeline, storage_url, str(study.user_attrs.get(PARENT_RUN, "")))
+    stop = _stop_reason(study, pipeline, _unaffordable_tail(study, pipeline),
+                        _min_trial_cost(pipeline, _Costs(pipeline)))
+    return _summarise(study, pipeline, storage_url, str(study.user_attrs.get(PARENT_RUN, "")),
+                      stop or "")
 
 
 def _optimize_one(study: optuna.Study, objective: _Objective, heartbeat_interval: int) -> None:
@@ -227,7 +238,7 @@ def _optimize_one(study: optuna.Study, objective: _Objective, heartbeat_interval
 
 
 def _close_parent(settings: MlflowSettings, study: optuna.Study, pipeline: Pipeline,
-                  storage_url: str, parent_run_id: str, status: str) -> None:
+                  storage_url: str, parent_run_id: str, status: str, stop_reason: str) -> None:
     """If no other worker still trains: the summary and plots to the parent run, ended."""
     from mlscale.registry import client, mlflow_errors
     from mlscale.search._study_runs import others_running
@@ -236,7 +247,7 @@ def _close_parent(settings: MlflowSettings, study: optuna.Study, pipeline: Pipel
         return
     mlflow_client = client(settings)
     with mlflow_errors(settings):
-        summary = _summarise(study, pipeline, storage_url, parent_run_id)
+        summary = _summarise(study, pipeline, storage_url, parent_run_id, stop_reason)
         summary.plots = _log_plots(study, pipeline, mlflow_client, parent_run_id)
         mlflow_client.log_dict(parent_run_id, summary.to_dict(), "search_summary.json")
         mlflow_client.log_metric(parent_run_id, "flops_spent", summary.flops_spent)
@@ -312,13 +323,20 @@ def _unaffordable_tail(study: optuna.Study, pipeline: Pipeline) -> int:
     return tail
 
 
-def _should_continue(study: optuna.Study, pipeline: Pipeline, objective: _Objective,
-                     min_cost: float) -> bool:
+def _stop_reason(study: optuna.Study, pipeline: Pipeline, cost_prunes_in_a_row: int,
+                 min_cost: float) -> str | None:
+    """Why the search ends now, or None while it goes on."""
     remaining = pipeline.budget_flops - committed_flops(study.get_trials(deepcopy=False))
-    if remaining < min_cost or objective.cost_prunes_in_a_row >= COST_PRUNE_LIMIT:
-        return False
+    if remaining < min_cost:
+        return (f"the budget is spent: {max(remaining, 0.0):.3g} FLOPs left, less than the "
+                f"cheapest trial ({min_cost:.3g})")
+    if cost_prunes_in_a_row >= COST_PRUNE_LIMIT:
+        return (f"the last {cost_prunes_in_a_row} proposals were unaffordable or repeats "
+                f"({remaining:.3g} FLOPs left)")
     sampler = study.sampler
-    return not (hasattr(sampler, "is_exhausted") and sampler.is_exhausted(study))
+    if hasattr(sampler, "is_exhausted") and sampler.is_exhausted(study):
+        return "every point of the grid has been tried"
+    return None
 
 
 def _progress(study: optuna.Study, pipeline: Pipeline, mine: optuna.Trial | None

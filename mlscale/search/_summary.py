@@ -74,6 +74,7 @@ class SearchSummary:
     best_per_family: list[TrialRow]
     pareto_front: list[TrialRow]
     parent_run_id: str
+    stop_reason: str = ""  # why the search ended: the budget spent, a grid done, ...
     plots: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,7 +82,7 @@ class SearchSummary:
 
 
 def _summarise(study: optuna.Study, pipeline: Pipeline, storage_url: str,
-               parent_run_id: str) -> SearchSummary:
+               parent_run_id: str, stop_reason: str = "") -> SearchSummary:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -97,7 +98,7 @@ def _summarise(study: optuna.Study, pipeline: Pipeline, storage_url: str,
               if len(pipeline.objectives) > 1 and complete else [])
     return SearchSummary(study.study_name, storage_url, pipeline.budget_flops,
                          _spent_flops(trials), dict(counts), best, best_per_family, pareto,
-                         parent_run_id)
+                         parent_run_id, stop_reason)
 
 
 def _log_plots(study: optuna.Study, pipeline: Pipeline, mlflow_client: Any,
