@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from mlscale.errors import MlscaleError, first_line
+
 __all__ = ["ModelCost", "cost_of", "count_params", "forward_flops", "measure_model",
            "train_flops"]
 
@@ -100,9 +102,14 @@ def cost_of(arch: str, width: float | None, depth: int | None,
         model = get_model(arch, width=width, depth=depth, in_channels=input_shape[0],
                           num_classes=num_classes, image_size=input_shape[1])
     model = model.to_empty(device="cpu")
-    return ModelCost(params=count_params(model),
-                     flops_per_sample=forward_flops(model, input_shape),
-                     train_flops_per_sample=_train_flops_in_place(model, input_shape, num_classes))
+    try:
+        return ModelCost(
+            params=count_params(model), flops_per_sample=forward_flops(model, input_shape),
+            train_flops_per_sample=_train_flops_in_place(model, input_shape, num_classes))
+    except Exception as error:  # a user's family that fails only in train mode or backward
+        raise MlscaleError(f"family {arch}: a training step failed at width={width}, "
+                           f"depth={depth}: {type(error).__name__}: {first_line(error)}"
+                           ) from None
 
 
 def _conv_backward_flop(

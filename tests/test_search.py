@@ -278,6 +278,11 @@ def test_a_budget_below_the_cheapest_trial_is_refused_before_anything_is_written
     assert err.count("\n") == 1
     assert not (tmp_path / "optuna.db").exists()
     assert not (tmp_path / "mlflow.db").exists()
+    capped = _write_pipeline(tmp_path, trial_flops_cap=1e8)
+    code, _, err = run_main(capsys, "search", str(capped), "--storage", _storage(tmp_path))
+    assert code == 1
+    assert err.startswith("Error: a per-trial cap of 1e+08 training FLOPs is too small"), err
+    assert not (tmp_path / "optuna.db").exists()
 
 
 def test_a_search_says_why_it_stopped(fresh_store: str, tmp_path: Path, mnist: Splits,
@@ -331,10 +336,59 @@ def test_a_proposal_optuna_refuses_fails_its_trial_with_optunas_reason(
     storage = _storage(tmp_path)
     run_search(parse_pipeline(_tiny(budget_flops=2e9)), load_settings(), storage=storage,
                data=mnist)
-    monkeypatch.setattr(mlscale.search._run, "space_conflict", lambda study, pipeline: None)
+    monkeypatch.setattr(mlscale.search._run, "resume_conflict", lambda study, pipeline: None)
     changed = _write_pipeline(tmp_path, families=["lenet5", "vgg_mini"], budget_flops=4e9)
     code, out, err = run_main(capsys, "search", str(changed), "--storage", storage)
     assert code == 1
-    assert err == ("Error: search stopped: its last trials all failed with: "
-                   "CategoricalDistribution does not support dynamic value space.\n")
+    assert err.endswith("\nError: search stopped: its last trials all failed with: "
+                        "CategoricalDistribution does not support dynamic value space.\n"), err
     assert "another worker" not in out + err
+
+
+def test_a_study_resumed_on_another_dataset_is_refused(
+    fresh_store: str, tmp_path: Path, mnist: Splits, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = _storage(tmp_path)
+    run_search(parse_pipeline(_tiny(budget_flops=2e9)), load_settings(), storage=storage,
+               data=mnist)
+    assert optuna.load_study(study_name="tiny", storage=storage).user_attrs["dataset"] == "mnist"
+    before = _trials(storage)
+    other = _write_pipeline(tmp_path, dataset="fashion-mnist", budget_flops=4e9)
+    code, _, err = run_main(capsys, "search", str(other), "--storage", storage)
+    assert code == 1
+    assert err == ("Error: study tiny trains on mnist; this pipeline names fashion-mnist: "
+                   "pass --study NEW for the other dataset\n")
+    assert len(_trials(storage)) == len(before)
+    code, _, err = run_main(capsys, "search", str(_write_pipeline(tmp_path, budget_flops=2e9)),
+                            "--storage", storage)
+    assert code == 0
+    assert err.startswith(f"resuming study tiny: {len(before)} trials so far, "), err
+
+
+def test_a_family_that_fails_at_some_dials_fails_those_trials_with_the_reason(
+    fresh_store: str, tmp_path: Path, mnist: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's family that breaks only in training, and only above width 0.75."""
+    (tmp_path / "brittle.py").write_text(
+        "from torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, width):\n"
+        "        super().__init__()\n"
+        "        self.width, self.layer = width, nn.Linear(784, 10)\n"
+        "    def forward(self, x):\n"
+        "        if self.training and self.width > 0.75:\n"
+        "            raise ValueError('too wide to train')\n"
+        "        return self.layer(x.flatten(1))\n"
+        "def net(*, width=1.0, depth=1, in_channels=1, num_classes=10, image_size=28):\n"
+        "    return Net(width)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    grid = _tiny(families=["brittle:net"], sampler="grid", pruner="none", budget_flops=1e10,
+                 search_space={"width": [0.5, 1.0], "depth": [1], "train_size": [300],
+                               "epochs": [1], "lr": [3e-3]})
+    storage = _storage(tmp_path)
+    summary = run_search(parse_pipeline(grid), load_settings(), storage=storage, data=mnist)
+    assert summary.n_trials == {"COMPLETE": 1, "FAIL": 1}
+    failed = next(t for t in _trials(storage) if t.state == TrialState.FAIL)
+    assert failed.user_attrs["fail_reason"] == (
+        "family brittle:net: a training step failed at width=1.0, depth=1: ValueError: too "
+        "wide to train")

@@ -10,6 +10,8 @@ SPENT = "flops_spent"
 PRUNE_REASON = "prune_reason"
 WORKER = "worker"  # host:pid of the process that ran the trial
 PARENT_RUN = "mlflow_parent_run_id"
+# Study user attributes.
+DATASET = "dataset"  # the dataset the study's trials train on (a user source anchored)
 COST_PRUNE_LIMIT = 30  # consecutive unaffordable proposals that end a search
 FAILURE_LIMIT = 5  # consecutive failed trials (a store down, a broken model) that stop a worker
 STORE_WAIT_S = 120.0  # how long a worker waits for an MLflow store that stopped answering

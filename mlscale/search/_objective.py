@@ -54,7 +54,7 @@ class _Objective:
         self.current_trial = trial
         try:
             return self._run(trial)
-        except KeyboardInterrupt as stop:  # while proposing, pricing or admitting
+        except (KeyboardInterrupt, MlscaleError) as stop:  # also while proposing or pricing
             if FAIL_REASON not in trial.user_attrs:
                 self._record_failure(trial, stop, trained=False, cost=0.0)
             raise
@@ -69,7 +69,6 @@ class _Objective:
         try:
             params = _suggest(trial, self.pipeline)
         except ValueError as error:  # Optuna refused the proposal: this trial fails, said why
-            self._record_failure(trial, error, trained=False, cost=0.0)
             raise MlscaleError(first_line(error, 500)) from error
         per_sample = self.costs.per_sample(params["family"], params["width"], params["depth"])
         samples = _samples(params, per_sample)

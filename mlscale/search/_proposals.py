@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mlscale.pipeline import KNOBS, Pipeline, Range
+from mlscale.search._attrs import DATASET
 from mlscale.search._concurrency import (
     per_trial_seeds,
 )
@@ -38,13 +39,20 @@ def _knob_values(trial_params: dict[str, Any]) -> dict[str, Any]:
     return {name.partition(".")[0]: value for name, value in trial_params.items()}
 
 
-def space_conflict(study: optuna.Study, pipeline: Pipeline) -> str | None:
-    """Why the pipeline cannot resume ``study``, or None. Optuna fixes a parameter's kind
+def resume_conflict(study: optuna.Study, pipeline: Pipeline) -> str | None:
+    """Why the pipeline cannot resume ``study``, or None.
+
+    Its trials must train on the same dataset (else the best model, the budget and the
+    sampler's history would mix two problems), and Optuna fixes a parameter's kind
     (float, int, categorical) and a categorical's choices at its first trial and fails
     every later trial that proposes it otherwise, so a pipeline whose families or choices
     changed must start a new study rather than spend trials on failures."""
     from optuna.distributions import CategoricalDistribution
 
+    stored_dataset = study.user_attrs.get(DATASET)
+    if stored_dataset is not None and stored_dataset != pipeline.dataset:
+        return (f"study {study.study_name} trains on {stored_dataset}; this pipeline names "
+                f"{pipeline.dataset}: pass --study NEW for the other dataset")
     wanted = _distributions(pipeline)
     seen: set[str] = set()
     for trial in study.get_trials(deepcopy=False):

@@ -15,6 +15,7 @@ from mlscale.errors import MlscaleError, first_line
 from mlscale.pipeline import Pipeline
 from mlscale.search._attrs import (
     COST_PRUNE_LIMIT,
+    DATASET,
     FAILURE_LIMIT,
     PARENT_RUN,
     PRUNE_REASON,
@@ -32,7 +33,7 @@ from mlscale.search._concurrency import (
 from mlscale.search._costs import _Costs, _min_trial_cost, _spent_flops, committed_flops
 from mlscale.search._failures import FAIL_REASON, repeated_failure
 from mlscale.search._objective import _mark_run, _Objective
-from mlscale.search._proposals import _knob_values, _pruner, _sampler, space_conflict
+from mlscale.search._proposals import _knob_values, _pruner, _sampler, resume_conflict
 from mlscale.search._summary import SearchProgress, SearchSummary, _log_plots, _summarise
 
 if TYPE_CHECKING:
@@ -132,9 +133,11 @@ def run_search(
 
     costs = _Costs(pipeline)
     min_cost = _min_trial_cost(pipeline, costs)
-    if min_cost > pipeline.budget_flops:
-        raise MlscaleError(f"a budget of {pipeline.budget_flops:.3g} training FLOPs is too small: "
-                           f"the cheapest trial this pipeline allows costs {min_cost:.3g}")
+    for limit, amount in (("a budget", pipeline.budget_flops),
+                          ("a per-trial cap", pipeline.trial_flops_cap)):
+        if amount and min_cost > amount:
+            raise MlscaleError(f"{limit} of {amount:.3g} training FLOPs is too small: the "
+                               f"cheapest trial this pipeline allows costs {min_cost:.3g}")
     rdb = _storage(storage_url, heartbeat_interval, on_stale)
     directions = [optuna.study.StudyDirection.MINIMIZE] * len(pipeline.objectives)
 
@@ -157,13 +160,19 @@ def run_search(
             raise store_error(storage_url, error) from None
         if list(study.directions) != directions:
             raise MlscaleError(f"study {name} exists with other objectives; pass --study NEW")
-        if not created and (conflict := space_conflict(study, pipeline)) is not None:
+        if not created and (conflict := resume_conflict(study, pipeline)) is not None:
             raise MlscaleError(conflict)
+        if DATASET not in study.user_attrs:  # new, or begun before studies named their data
+            study.set_user_attr(DATASET, pipeline.dataset)
         exp_id = experiment_id(settings, settings.experiment_name(pipeline.dataset))
         if created:
             parent_run_id = shared_parent_run(study, True, PARENT_RUN, new_parent_run)
     if not created:
         parent_run_id = shared_parent_run(study, False, PARENT_RUN, new_parent_run)
+        if trials := study.get_trials(deepcopy=False):
+            print(f"resuming study {name}: {len(trials)} trials so far, "
+                  f"{_spent_flops(trials):.3g} of {pipeline.budget_flops:.3g} FLOPs spent",
+                  file=sys.stderr)
     study.sampler = _sampler(pipeline)
     study.pruner = _pruner(pipeline)
     data = data if data is not None else load(pipeline.dataset)
