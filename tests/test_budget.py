@@ -252,3 +252,84 @@ def test_a_weak_fit_is_shown_but_not_ranked() -> None:
     assert only_vgg.recommendation.family == "vgg_mini"
     with pytest.raises(MlscaleError, match="too small"):
         advisor.advise(1e3)
+
+
+def _registry_frame(store: str, min_width: float = 1.0) -> pd.DataFrame:
+    """The real grid's lenet5 runs of at least ``min_width``, as the registry lists them."""
+    from mlscale.registry import models_frame
+
+    frame = models_frame(load_settings(store), dataset="mnist")
+    return frame[(frame["arch"] == "lenet5") & (frame["width"] >= min_width)].copy()
+
+
+def test_a_tie_goes_to_the_cheapest_configuration(lenet_grid_store: str) -> None:
+    """The real grid's widest runs, their losses averaged over width at each data size (a
+    family saturated in width): the fit's N term vanishes, every configuration the epoch
+    cap holds to 55,000 samples predicts the same loss to ~1e-7, and the recommendation is
+    the cheapest of them, not the dearest (width 8, depth 3: 100x the FLOPs for nothing)."""
+    from mlscale.budget import cheapest_of_best
+    from mlscale.budget._advice import SAME_LOSS
+
+    frame = _registry_frame(lenet_grid_store)
+    for column in ("test_loss", "error_rate"):
+        frame[column] = frame.groupby("train_size")[column].transform("mean")
+    frame["test_accuracy"] = 1 - frame["error_rate"]
+    advisor = Advisor(build_registry_model(frame, "mnist", "flat-in-width"))
+    lenet = advisor.model.families["lenet5"]
+    for budget in (1e12, 1e13, 1e15):
+        option = advisor.advise(budget).recommendation
+        loss, samples = advisor._losses(lenet, np.array([budget]), None)
+        cost = samples[0] * lenet.candidates["train_flops_per_sample"].to_numpy(dtype=float)
+        tied = loss[0] <= np.nanmin(loss[0]) * (1 + SAME_LOSS)
+        assert tied.sum() > 5  # many widths and depths tie
+        assert option.train_flops == pytest.approx(cost[tied].min())
+        assert option.train_flops < cost[tied].max() / 50
+        row = cheapest_of_best(loss[0], cost)
+        assert row is not None and option.params == lenet.candidates["params"].iloc[row]
+        for alt in advisor.advise(budget).alternatives:  # nothing as good is cheaper
+            if alt.option.predicted_test_loss.value <= loss[0][tied].min() * (1 + SAME_LOSS):
+                assert alt.option.train_flops >= option.train_flops
+
+
+def test_a_tie_is_a_relative_difference_under_same_loss() -> None:
+    """Losses within 1e-5 (relative) of the lowest tie, and the cheapest of them wins;
+    infinite (not allowed) and NaN losses never do."""
+    from mlscale.budget import cheapest_of_best
+
+    loss = np.array([0.2, 0.1 * (1 + 1e-9), 0.1, np.inf, np.nan])
+    assert cheapest_of_best(loss, np.array([1.0, 5.0, 7.0, 0.5, 0.1])) == 1
+    assert cheapest_of_best(loss, np.array([1.0, 8.0, 7.0, 0.5, 0.1])) == 2
+    assert cheapest_of_best(np.array([np.inf, np.nan]), np.array([1.0, 2.0])) is None
+    # a real difference (0.1%) is not a tie: the lower loss wins however dear
+    assert cheapest_of_best(np.array([0.1, 0.1 * (1 + 1e-3)]), np.array([9.0, 1.0])) == 0
+
+
+def test_a_weak_fit_marks_the_headline_low_confidence(
+        lenet_grid_store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real grid's 15 runs of width 1 to 3: at 1e12 FLOPs the 95% interval on test
+    loss spans over 10x (the weak-fit warning); the headline itself says LOW CONFIDENCE,
+    in text and in JSON. The full grid at 1e13 is not marked."""
+    from mlscale.cli._budget import _print_advice
+
+    advisor = Advisor(build_registry_model(_registry_frame(lenet_grid_store), "mnist", "w>=1"))
+    advice = advisor.advise(1e12)
+    loss = advice.recommendation.predicted_test_loss
+    assert loss.lower is not None and loss.upper is not None
+    assert loss.upper / loss.lower > 10
+    assert any(w.startswith("weak fit:") for w in advice.warnings)
+    assert advice.low_confidence
+    headline = advice.headline()
+    assert headline.startswith("Recommended (LOW CONFIDENCE: weak fit, the 95% interval on "
+                               f"test loss spans {loss.upper / loss.lower:.3g}x, accuracy "
+                               "anywhere in [")
+    assert headline.endswith(f"): {advice.recommendation.describe()}")
+    payload = advice.to_dict()
+    assert payload["low_confidence"] is True and payload["headline"] == headline
+    assert payload["low_confidence_reasons"] == advice.low_confidence
+    _print_advice(advice)
+    assert headline in capsys.readouterr().out.splitlines()
+    result = CliRunner().invoke(cli, ["budget", "--flops", "1e13", "--tracking-uri",
+                                      lenet_grid_store, "--json"])
+    strong = json.loads(result.output)
+    assert strong["low_confidence"] is False and strong["low_confidence_reasons"] == []
+    assert strong["headline"].startswith("Recommended: lenet5 width ")

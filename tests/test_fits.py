@@ -110,3 +110,105 @@ def test_bad_fit_input(tmp_path: Path, fresh_store: str) -> None:
         result = CliRunner().invoke(cli, ["fit", *args])
         assert result.exit_code != 0
         assert message in str(result.exception)
+
+
+def test_an_experiment_of_several_families_is_fitted_family_by_family(
+        lenet_grid_store: str, tmp_path: Path) -> None:
+    """mlscale-mnist holds lenet5 (25 runs) and vgg_mini (2 runs): without --arch each is
+    fitted on its own, never pooled into one law over both (27 points); vgg_mini's runs
+    cannot carry a law and say why in a user's terms."""
+    args = ["fit", "--experiment", "mlscale-mnist", "--law", "nd", "--tracking-uri",
+            lenet_grid_store]
+    result = CliRunner().invoke(cli, [*args, "--json", "--plot", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert set(report["families"]) == {"lenet5", "vgg_mini"}
+    lenet = report["families"]["lenet5"]
+    assert lenet["nobs"] == 25 and lenet["E"]["value"] > 0
+    alone = CliRunner().invoke(cli, [*args, "--arch", "lenet5", "--json"])
+    assert json.loads(alone.output)["params"] == lenet["params"]  # the same fit as --arch
+    assert report["families"]["vgg_mini"]["error"].startswith(
+        "not fitted: all 2 selected runs have the same samples seen (600): a law in D needs "
+        "runs on at least 2 amounts of data")
+    assert (tmp_path / "lenet5" / "isoflops.png").is_file()
+    run = MlflowClient(lenet_grid_store).get_run(lenet["mlflow_run_id"])
+    assert run.data.params["arch"] == "lenet5"
+    text = CliRunner().invoke(cli, args)
+    assert text.exit_code == 0, text.output
+    assert "hold 2 architectures (lenet5, vgg_mini): each is fitted on its own" in text.output
+    assert "== lenet5 (25 runs) ==" in text.output and "== vgg_mini (2 runs) ==" in text.output
+    assert "Points: 27" not in text.output and "Points: 25" in text.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--arch", "vgg_mini", "--law", "nd"],
+     "all 2 selected runs have the same samples seen (600): a law in D needs runs on at "
+     "least 2 amounts of data (--train-size or epochs); train more, or pass --arch / "
+     "--experiment to select runs that have them"),
+    (["--arch", "vgg_mini", "--law", "n"],
+     "the n-law has 3 parameters and needs at least 5 runs; 2 selected: register more runs, "
+     "or pass --arch / --experiment to select more"),
+    (["--arch", "lenet5", "--law", "n", "--drop-top", "1"],
+     "the n-law has 3 parameters and needs at least 5 runs; 4 selected (the n-law uses the "
+     "runs at one data size, 4,800 samples; 25 in all) after --drop-top 1: register more "
+     "runs, or pass --arch / --experiment to select more"),
+])
+def test_fit_errors_speak_of_runs_and_flags(lenet_grid_store: str, args: list[str],
+                                            message: str) -> None:
+    """Errors name what the user selected and typed (runs, sizes, --arch, --drop-top), not
+    internal names such as "the runs' metric params" or "rows the n-law uses"."""
+    result = CliRunner().invoke(cli, ["fit", "--experiment", "mlscale-mnist", *args,
+                                      "--tracking-uri", lenet_grid_store])
+    assert result.exit_code != 0
+    assert str(result.exception) == message
+    assert "metric params" not in message
+
+
+def test_a_vanished_floor_and_a_failed_extrapolation_say_the_law_does_not_hold(
+        tmp_path: Path) -> None:
+    """The main job's five lenet5 runs (L_inf collapses to ~0), and runs that bend away
+    from the law at the top of compute (held-out error far over 20%): each is a warning
+    that the law does not hold, where a fit that holds (the first 5 points) has none."""
+    csv = tmp_path / "runs.csv"
+    csv.write_text("params,loss\n4358,0.2258\n7836,0.2164\n16860,0.1720\n33754,0.1286\n"
+                   "61706,0.1147\n")
+    report = fit_points(points_from_csv(csv, n_col="params"), "n")
+    assert report.params["L_inf"].value < 1e-6
+    assert any("collapsed to ~0" in w and "the law does not hold" in w
+               for w in report.warnings), report.warnings
+    sizes = np.logspace(5, 9, 10)
+    loss = 1.0 + 30 * sizes**-0.3
+    loss[-2:] = [3.0, 4.0]  # the largest runs diverged
+    bent = fit_points(pd.DataFrame({"N": sizes, "loss": loss}), "n")
+    ex = bent.extrapolation
+    assert ex is not None and ex["mean_abs_pct_error"] > 20
+    assert any(w.startswith("the law does not hold beyond the fitted compute")
+               for w in bent.warnings), bent.warnings
+    clean = fit_points(pd.DataFrame({"N": sizes[:8], "loss": 1.0 + 30 * sizes[:8]**-0.3}), "n")
+    assert clean.warnings == []
+
+
+@needs_chinchilla
+def test_the_readme_states_the_command_that_reproduces_its_chinchilla_numbers() -> None:
+    """The README's fit section gives a command and the numbers it prints; both hold."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Scaling fits: `mlscale fit`"):
+                     readme.index("## Budget advice: `mlscale budget`")]
+    command = re.search(r"`(mlscale fit --csv \.\./shared/data/chinchilla[^`]*)`", section)
+    assert command is not None
+    args = shlex.split(command.group(1))[1:]
+    args[args.index("--csv") + 1] = str(CHINCHILLA)
+    result = CliRunner().invoke(cli, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    stated: dict[str, str] = {}  # the first value the text after the command gives each
+    for name, value in re.findall(r"(E|\u03b1|\u03b2|a) = (\d\.\d+)",
+                                  section.split(command.group(0))[1]):
+        stated.setdefault(name, value)
+    got = {"E": report["E"]["value"], "\u03b1": report["alpha"]["value"],
+           "\u03b2": report["beta"]["value"], "a": report["compute_optimal"]["a"]}
+    for name, value in got.items():
+        assert float(stated[name]) == pytest.approx(value, abs=6e-4), name

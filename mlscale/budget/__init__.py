@@ -26,8 +26,10 @@ from mlscale.budget._advice import (
     Alternative,
     Estimate,
     Option,
+    cheapest_of_best,
     check_positive,
     check_target,
+    low_confidence_reasons,
 )
 from mlscale.budget._advisor import Advisor
 from mlscale.budget._model import (
@@ -41,5 +43,5 @@ from mlscale.budget._verdict import RankedFamily, Verdict, rank_families
 
 __all__ = ["Advice", "Advisor", "Alternative", "Estimate", "FamilyModel", "LatencyModel",
            "Option", "RankedFamily", "RegistryModel", "Verdict", "build_registry_model",
-           "check_positive", "check_target", "load_registry_model",
-           "rank_families"]
+           "cheapest_of_best", "check_positive", "check_target", "load_registry_model",
+           "low_confidence_reasons", "rank_families"]

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from mlscale.errors import MlscaleError
 
@@ -15,8 +16,8 @@ if TYPE_CHECKING:
     from mlscale.budget._verdict import Verdict
     from mlscale.scaling import ScalingFit
 
-__all__ = ["Advice", "Alternative", "Estimate", "Option", "advice_warnings", "check_positive",
-           "check_target"]
+__all__ = ["Advice", "Alternative", "Estimate", "Option", "advice_warnings", "cheapest_of_best",
+           "check_positive", "check_target", "low_confidence_reasons"]
 
 
 SAME_ACCURACY = 1e-3  # 0.1 accuracy points: "the same" for alternatives and saturation
@@ -24,6 +25,24 @@ EXTRAPOLATION_FACTOR = 10.0  # warn past this multiple of the largest fitted run
 MIN_SAMPLES = 100  # a configuration must see at least this many samples
 WEAK_FIT_SPAN = 10.0  # warn when the loss interval spans more than this factor
 GRID_PER_DECADE = 24  # budgets per decade when searching for the cheapest or the least
+# Predicted losses within this relative distance of the lowest are a tie (far below any
+# gain an interval could show, far above the noise of a fit's flat directions, ~1e-7):
+# the cheapest of them is recommended.
+SAME_LOSS = 1e-5
+
+
+def cheapest_of_best(loss: NDArray[np.float64], cost: NDArray[np.float64]) -> int | None:
+    """The index with the least ``cost`` among those whose finite ``loss`` is the lowest
+    within ``SAME_LOSS`` (relative); None when no loss is finite.
+
+    >>> cheapest_of_best(np.array([0.5, 0.3 * (1 + 1e-8), 0.3]), np.array([1.0, 2.0, 9.0]))
+    1
+    """
+    finite = np.isfinite(loss)
+    if not finite.any():
+        return None
+    tied = np.flatnonzero(finite & (loss <= loss[finite].min() * (1 + SAME_LOSS)))
+    return int(tied[np.argmin(cost[tied])])
 
 
 @dataclass(frozen=True)
@@ -56,6 +75,12 @@ class Option:
     # time in training steps, at the rates the family's registered runs trained at
     predicted_train_seconds: Estimate | None = None
     train_threads: int | None = None  # the CPU threads that time is predicted for (0: a GPU)
+
+    def describe(self) -> str:
+        """One line: the configuration, the data it sees and the FLOPs it spends."""
+        return (f"{self.family} width {self.width:g} depth {self.depth}: {self.params:,} "
+                f"params, {self.samples_seen:,} samples seen ({self.epochs:.3g} epochs), "
+                f"{self.train_flops:.3g} training FLOPs")
 
     def to_dict(self) -> dict[str, Any]:
         payload = asdict(self)
@@ -94,11 +119,22 @@ class Advice:
     target_accuracy: float | None = None
     registry: dict[str, Any] = field(default_factory=dict)
     verdict: Verdict | None = None  # who wins, by how much, with what confidence
+    # why the recommendation is low-confidence (empty: it is not); the headline says so
+    low_confidence: list[str] = field(default_factory=list)
+
+    def headline(self) -> str:
+        """The recommendation in one line, marked LOW CONFIDENCE (and why) when its fit
+        is too weak to trust here."""
+        mark = (f" (LOW CONFIDENCE: {'; '.join(self.low_confidence)})"
+                if self.low_confidence else "")
+        return f"Recommended{mark}: {self.recommendation.describe()}"
 
     def to_dict(self) -> dict[str, Any]:
         """The recommendation's fields at the top level, then everything around it."""
         return {"dataset": self.dataset, "budget_flops": self.budget_flops,
                 "target_accuracy": self.target_accuracy, "max_latency_ms": self.max_latency_ms,
+                "headline": self.headline(), "low_confidence": bool(self.low_confidence),
+                "low_confidence_reasons": self.low_confidence,
                 **self.recommendation.to_dict(),
                 "nearest_registered_model": self.nearest_registered_model,
                 "alternatives": [alt.to_dict() for alt in self.alternatives],
@@ -173,6 +209,21 @@ def advice_warnings(fm: FamilyModel, option: Option, budget: float,
             f"weak fit: the 95% interval on test loss spans {loss.upper / loss.lower:.3g}x "
             f"({fm.loss_fit.nobs} {fm.family} runs); register runs nearer this budget")
     return warnings
+
+
+def low_confidence_reasons(fm: FamilyModel, option: Option) -> list[str]:
+    """Why ``option`` is a low-confidence recommendation: its fit gives no interval on
+    test loss, or one spanning more than ``WEAK_FIT_SPAN`` times (the weak-fit warning's
+    rule); empty when neither holds."""
+    loss, accuracy = option.predicted_test_loss, option.predicted_accuracy
+    if loss.lower is None or loss.upper is None:
+        return [f"the {fm.family} fit gives no interval on its predicted test loss"]
+    span = loss.upper / loss.lower
+    if span <= WEAK_FIT_SPAN:
+        return []
+    band = ("" if accuracy.lower is None or accuracy.upper is None else
+            f", accuracy anywhere in [{accuracy.lower:.2%}, {accuracy.upper:.2%}]")
+    return [f"weak fit, the 95% interval on test loss spans {span:.3g}x{band}"]
 
 
 def check_positive(value: float, name: str) -> None:

@@ -20,10 +20,12 @@ from mlscale.budget._advice import (
     Estimate,
     Option,
     advice_warnings,
+    cheapest_of_best,
     check_positive,
     check_target,
     estimate,
     fit_summary,
+    low_confidence_reasons,
     nearest_run,
 )
 from mlscale.budget._model import FamilyModel, RegistryModel, load_registry_model
@@ -117,16 +119,28 @@ class Advisor:
 
     def _best(self, families: list[FamilyModel], budgets: NDArray[np.float64],
               max_latency_ms: float | None) -> list[tuple[FamilyModel, int] | None]:
-        """Per budget, the (family, grid row) with the lowest predicted loss."""
-        best: list[tuple[float, FamilyModel, int] | None] = [None] * len(budgets)
+        """Per budget, the (family, grid row) to recommend: of the configurations whose
+        predicted loss equals the lowest within ``SAME_LOSS`` (relative), the one that
+        spends the fewest training FLOPs.
+
+        Ties are common, not rare: under the epoch cap every configuration that can afford
+        it sees the same samples, and a fit whose N term vanished (an amplitude left at
+        its start, an exponent run off) then predicts the same loss, to numerical noise,
+        for every width; the lowest loss alone would go to the dearest of them.
+        """
+        if not families:
+            return [None] * len(budgets)
+        losses, costs = [], []
+        owners: list[tuple[FamilyModel, int]] = []
         for fm in families:
-            loss, _ = self._losses(fm, budgets, max_latency_ms)
-            rows = np.argmin(loss, axis=1)
-            for i, row in enumerate(rows):
-                value, current = float(loss[i, row]), best[i]
-                if np.isfinite(value) and (current is None or value < current[0]):
-                    best[i] = (value, fm, int(row))
-        return [None if b is None else (b[1], b[2]) for b in best]
+            loss, samples = self._losses(fm, budgets, max_latency_ms)
+            losses.append(loss)
+            costs.append(samples * fm.candidates["train_flops_per_sample"].to_numpy(
+                dtype=float)[None])
+            owners.extend((fm, row) for row in range(loss.shape[1]))
+        loss, cost = np.concatenate(losses, axis=1), np.concatenate(costs, axis=1)
+        picks = [cheapest_of_best(loss[i], cost[i]) for i in range(len(budgets))]
+        return [None if pick is None else owners[pick] for pick in picks]
 
     def _sample_cap(self, fm: FamilyModel) -> int:
         """Samples worth training on: the dataset's unique samples times the most epochs
@@ -255,7 +269,7 @@ class Advisor:
             registry={"versions": self.model.versions, "fingerprint": self.model.fingerprint,
                       "from_cache": self.from_cache, "unique_samples": self.model.unique,
                       "families_without_fit": self.model.skipped},
-            verdict=verdict)
+            verdict=verdict, low_confidence=low_confidence_reasons(fm, option))
 
     def least_flops(self, target_accuracy: float, *, families: Sequence[str] | None = None,
                     max_latency_ms: float | None = None) -> Advice:

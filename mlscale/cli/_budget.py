@@ -79,9 +79,7 @@ def _estimate_text(estimate: Estimate | None, fmt: str) -> str:
 
 def _option_lines(option: Option, indent: str = "  ") -> list[str]:
     return [
-        f"{option.family} width {option.width:g} depth {option.depth}: {option.params:,} "
-        f"params, {option.samples_seen:,} samples seen ({option.epochs:.3g} epochs), "
-        f"{option.train_flops:.3g} training FLOPs",
+        option.describe(),
         f"{indent}test loss {_estimate_text(option.predicted_test_loss, '{:.4f}')}   "
         f"accuracy {_estimate_text(option.predicted_accuracy, '{:.2%}')}   "
         f"p90 latency {_latency_text(option)}"
@@ -127,8 +125,8 @@ def _print_advice(advice: Advice) -> None:
                f"models: {fitted}")
     if advice.max_latency_ms is not None:
         click.echo(f"Limit: p90 latency <= {advice.max_latency_ms:g} ms at batch 1")
-    first, second = _option_lines(option)
-    click.echo(f"Recommended: {first}")
+    _, second = _option_lines(option)
+    click.echo(advice.headline())
     click.echo(f"  predicted (95% intervals): {second.strip()}")
     near = advice.nearest_registered_model
     click.echo(f"  nearest registered model: {near['model_uri']} ({near['run_name']}: "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import click
 
 from mlscale.checks import PositiveNumber
@@ -13,6 +16,12 @@ from mlscale.cli._base import (
     tracking_option,
 )
 from mlscale.errors import MlscaleError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlscale.registry import MlflowSettings
+    from mlscale.scaling import FitReport
 
 
 @cli.command()
@@ -51,30 +60,80 @@ def fit(experiment: str | None, csv_path: str | None, n_col: str | None, d_col: 
     Laws: n: L_inf + A N^-alpha; d: L_inf + B D^-beta; nd: E + A/N^alpha + B/D^beta;
     c: L_inf + K C^-gamma along the compute frontier. Prints the parameters with 95%
     intervals, goodness of fit and an extrapolation check (fit on the lower 80% of
-    compute, error on the top 20%); fits of registry runs are logged to MLflow.
+    compute, error on the top 20%); fits of registry runs are logged to MLflow. Runs of
+    several architectures, without --arch, are fitted one family at a time (a law over
+    mixed families describes none of them); --json then gives {"families": {name: fit}}.
     """
-    import tempfile
-
     from mlscale.registry import load_settings
-    from mlscale.scaling import fit_points, log_fit, points_from_csv, points_from_experiment
+    from mlscale.scaling import points_from_csv, points_from_experiment
 
     if (experiment is None) == (csv_path is None):
         raise MlscaleError("give exactly one of --experiment and --csv")
     if csv_path is not None:
         points = points_from_csv(csv_path, n_col=n_col, d_col=d_col, c_col=c_col,
                                  u_col=u_col, loss_col=loss_col, k=k)
-    else:
-        _check_names(None, arch)
-        settings = load_settings(tracking_uri, create=False)
-        points = points_from_experiment(settings, str(experiment), target=target, arch=arch)
+        report = _fit_one(points, law, target, drop_top, bootstrap, k, plot_dir, None)
+        _show(report, as_json)
+        return
+    _check_names(None, arch)
+    settings = load_settings(tracking_uri, create=False)
+    points = points_from_experiment(settings, str(experiment), target=target, arch=arch)
+    families = sorted(points["arch"].dropna().astype(str).unique())
+    logged = (settings, str(experiment), {"drop_top": drop_top, "bootstrap": bootstrap,
+                                          "arch": arch or "all"})
+    if arch is not None or len(families) < 2:
+        _show(_fit_one(points, law, target, drop_top, bootstrap, k, plot_dir, logged), as_json)
+        return
+    reports: dict[str, FitReport | str] = {}
+    for family in families:
+        runs = points[points["arch"] == family].reset_index(drop=True)
+        runs.attrs = dict(points.attrs)
+        try:
+            reports[family] = _fit_one(
+                runs, law, target, drop_top, bootstrap, k,
+                None if plot_dir is None else str(Path(plot_dir) / family),
+                (settings, str(experiment), {**logged[2], "arch": family}))
+        except MlscaleError as error:
+            reports[family] = f"not fitted: {error}"
+    if all(isinstance(r, str) for r in reports.values()):
+        raise MlscaleError(f"no family of experiment {experiment!r} could be fitted: "
+                           + "; ".join(f"{name}: {why}" for name, why in reports.items()))
+    if as_json:
+        _print_json({"experiment": experiment, "law": law, "families": {
+            name: {"error": r} if isinstance(r, str) else r.to_dict()
+            for name, r in reports.items()}})
+        return
+    click.echo(f"The runs of experiment {experiment!r} hold {len(families)} architectures "
+               f"({', '.join(families)}): each is fitted on its own (--arch NAME fits one)")
+    for name, r in reports.items():
+        count = int((points["arch"] == name).sum())
+        click.echo(f"\n== {name} ({count} run{'s' if count != 1 else ''}) ==")
+        if isinstance(r, str):
+            click.echo(r)
+        else:
+            _show(r, False)
+
+
+def _fit_one(points: pd.DataFrame, law: str, target: str, drop_top: int, bootstrap: int,
+             k: float | None, plot_dir: str | None,
+             logged: tuple[MlflowSettings, str, dict[str, Any]] | None) -> FitReport:
+    """Fit ``points``; with ``logged`` (settings, experiment, options) log it to MLflow.
+    Registry fits draw their plots in a scratch folder when no --plot is given."""
+    import tempfile
+
+    from mlscale.scaling import fit_points, log_fit
+
     with tempfile.TemporaryDirectory() as scratch:
         report = fit_points(points, law, target=target, drop_top=drop_top, bootstrap=bootstrap,
-                            k=k, plot_dir=plot_dir or (scratch if experiment else None))
-        if experiment is not None:
-            report.mlflow_run_id = log_fit(report, settings, str(experiment), {
-                "drop_top": drop_top, "bootstrap": bootstrap, "arch": arch or "all"})
+                            k=k, plot_dir=plot_dir or (scratch if logged else None))
+        if logged is not None:
+            report.mlflow_run_id = log_fit(report, *logged)
         if not plot_dir:
             report.plots = []
+    return report
+
+
+def _show(report: FitReport, as_json: bool) -> None:
     if as_json:
         _print_json(report.to_dict())
         return

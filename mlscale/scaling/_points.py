@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from mlscale.registry import MlflowSettings
     from mlscale.scaling._results import ScalingFit
 
-__all__ = ["FitReport", "fit_points", "log_fit", "points_from_csv", "points_from_experiment",
-           "slice_for_law"]
+__all__ = ["FitReport", "fit_points", "log_fit", "points_from_csv",
+           "points_from_experiment", "slice_for_law"]
 
 TARGETS = ("test_loss", "error_rate")
 HOLDOUT_SHARE = 0.2  # the extrapolation check holds out the top 20% of compute
@@ -105,8 +105,10 @@ def points_from_experiment(settings: MlflowSettings, experiment: str, *,
         which = f" for {arch}" if arch else ""
         raise MlscaleError(f"experiment {experiment!r} has no finished training runs{which}")
     points = pd.DataFrame(rows)
-    points.attrs["labels"] = {"N": "the runs' metric params", "D": "the runs' samples_seen",
-                              "C": "the runs' train_flops", "loss": f"the runs' {target}"}
+    points.attrs["labels"] = {"N": "the runs' parameter counts", "D": "the runs' samples seen",
+                              "C": "the runs' training FLOPs", "loss": f"the runs' {target}"}
+    points.attrs["runs"] = True  # rows are runs of a registry experiment, not CSV rows
+    points.attrs["target"] = target
     return points
 
 
@@ -207,8 +209,10 @@ def fit_points(points: pd.DataFrame, law: str, *, target: str = "test_loss", dro
         raise MlscaleError(f"law must be one of {', '.join(LAWS)}, got {law!r}")
     needed = [*LAWS[law].variables, "loss"]
     _check_points(points, law, needed)
-    chosen = slice_for_law(points, law)
-    _check_varies(chosen, law, needed)
+    chosen = slice_for_law(points, law).copy()
+    chosen.attrs = dict(points.attrs)  # how to name the roles, whichever slice was taken
+    _check_varies(chosen, law, needed, len(points))
+    _check_enough(chosen, law, drop_top, len(points))
     unique = _unique_column(chosen, law)
     fit = fit_law(chosen[[*needed, *([unique] if unique else [])]], law, bootstrap=bootstrap,
                   seed=seed, drop_top=drop_top, unique=unique)
@@ -227,6 +231,7 @@ def fit_points(points: pd.DataFrame, law: str, *, target: str = "test_loss", dro
         extrapolation=extrapolation_check(chosen, law, drop_top=drop_top),
         compute_optimal=optimal, summary=fit.summary(alpha), effective_data=unique is not None,
         warnings=_floor_warnings(fit, chosen), derived=dict(points.attrs.get("derived", {})))
+    report.warnings += _law_fails_warnings(report, fit, chosen)
     if plot_dir is not None:
         report.plots = plot_fit(fit, _effective_points(fit, chosen, unique), law,
                                 Path(plot_dir), optimal)
@@ -252,13 +257,67 @@ def _check_points(points: pd.DataFrame, law: str, needed: list[str]) -> None:
                                f"not at row(s) {rows}")
 
 
-def _check_varies(points: pd.DataFrame, law: str, needed: list[str]) -> None:
-    """A law cannot be fitted to a variable, or a loss, that never changes."""
+# What a role is called when the points are registry runs, and what varying it takes.
+RUN_TERMS = {"N": ("parameter count", "runs of at least 2 model sizes (widths or depths)"),
+             "D": ("samples seen", "runs on at least 2 amounts of data (--train-size or "
+                   "epochs)"),
+             "C": ("training FLOPs", "runs of at least 2 training budgets")}
+
+
+def _slice_note(points: pd.DataFrame, law: str, total: int) -> str:
+    """How the law chose ``points`` out of ``total``: the n-law keeps one data size, the
+    d-law one model size, the c-law the compute frontier."""
+    if len(points) == total:
+        return ""
+    runs = "runs" if points.attrs.get("runs") else "rows"
+    if law == "n":
+        return (f" (the n-law uses the {runs} at one data size, {points['D'].iloc[0]:,.0f}"
+                f" samples; {total} in all)")
+    if law == "d":
+        return (f" (the d-law uses the {runs} at one model size, {points['N'].iloc[0]:,.0f}"
+                f" parameters; {total} in all)")
+    return f" (the {law}-law uses the {runs} on the compute frontier; {total} in all)"
+
+
+def _check_varies(points: pd.DataFrame, law: str, needed: list[str], total: int) -> None:
+    """A law cannot be fitted to a variable, or a loss, that never changes; the error
+    says so in the user's terms (their column and option, or what their runs hold)."""
     for role in needed:
-        if points[role].nunique() < 2:
-            value = float(points[role].iloc[0])
-            raise MlscaleError(f"{label(points, role)} holds one value ({value:g}) in all "
-                               f"{len(points)} rows the {law}-law uses: nothing to fit")
+        if points[role].nunique() >= 2:
+            continue
+        value = float(points[role].iloc[0])
+        note = _slice_note(points, law, total)
+        if points.attrs.get("runs"):
+            what, wanted = RUN_TERMS.get(role, (str(points.attrs.get("target", "loss")),
+                                                "runs that differ in it"))
+            held = (f"all {len(points)} selected runs{note} have the same {what}"
+                    if len(points) > 1 else f"only one run is selected{note}, its {what}")
+            if role == "loss":
+                raise MlscaleError(f"{held} ({value:.4g}): nothing to fit")
+            raise MlscaleError(
+                f"{held} ({value:,.6g}): a law in {role} needs {wanted}; train more, or "
+                "pass --arch / --experiment to select runs that have them")
+        raise MlscaleError(f"{label(points, role)} holds one value ({value:,.6g}) in all "
+                           f"{len(points)} rows the {law}-law uses{note}: a law in "
+                           f"{role} needs at least 2 distinct values; nothing to fit")
+
+
+def _check_enough(points: pd.DataFrame, law: str, drop_top: int, total: int) -> None:
+    """The law has k parameters and needs k + 2 points (after --drop-top) for intervals."""
+    from mlscale.scaling._laws import LAWS
+
+    need = len(LAWS[law].param_names) + 2
+    left = len(points) - drop_top
+    if left >= need or drop_top >= len(points):  # (fit_law names a --drop-top too large)
+        return
+    after = f" after --drop-top {drop_top}" if drop_top else ""
+    note = _slice_note(points, law, total)
+    if points.attrs.get("runs"):
+        raise MlscaleError(f"the {law}-law has {need - 2} parameters and needs at least "
+                           f"{need} runs; {left} selected{note}{after}: register more runs, "
+                           "or pass --arch / --experiment to select more")
+    raise MlscaleError(f"the {law}-law has {need - 2} parameters and needs at least {need} "
+                       f"points; got {left} rows{note}{after}")
 
 
 def _floor_warnings(fit: ScalingFit, points: pd.DataFrame) -> list[str]:
@@ -271,6 +330,33 @@ def _floor_warnings(fit: ScalingFit, points: pd.DataFrame) -> list[str]:
     return [f"the fitted floor {fit.law.const} = {floor:.4g} lies above the lowest "
             f"observed loss {lowest:.4g} ({below} of {len(points)} runs below it): the law "
             f"does not describe the best runs; try --drop-top or more data"]
+
+
+FLOOR_COLLAPSE = 1e-3  # a floor under this share of the lowest loss has vanished
+EXTRAPOLATION_LIMIT_PCT = 20.0  # held-out error past which the law does not extrapolate
+
+
+def _law_fails_warnings(report: FitReport, fit: ScalingFit, points: pd.DataFrame
+                        ) -> list[str]:
+    """The law does not hold: its floor vanished (the runs show none, and the fit let it
+    go to ~0), or it misses the held-out top of compute by more than 20% on average."""
+    warnings = []
+    name = fit.law.const
+    floor, lowest = float(fit.params[name]), float(points["loss"].min())
+    if floor < FLOOR_COLLAPSE * lowest:
+        warnings.append(
+            f"the fitted floor {name} = {floor:.2g} collapsed to ~0 (under "
+            f"{FLOOR_COLLAPSE:.1%} of the lowest observed loss {lowest:.4g}): the runs show "
+            f"no floor, so the law does not hold past them; its {name} means nothing and its "
+            "predictions beyond the runs are not to be trusted")
+    check = report.extrapolation
+    if check is not None and check["mean_abs_pct_error"] > EXTRAPOLATION_LIMIT_PCT:
+        warnings.append(
+            f"the law does not hold beyond the fitted compute: fitted below {check['axis']} = "
+            f"{check['held_out_from']:.3g}, it misses the {check['held_out_points']} points "
+            f"above by {check['mean_abs_pct_error']:.1f}% on average (over "
+            f"{EXTRAPOLATION_LIMIT_PCT:g}%)")
+    return warnings
 
 
 def _effective_points(fit: ScalingFit, points: pd.DataFrame, unique: str | None
