@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from mlscale.checks import PositiveNumber
 from mlscale.cli._base import (
     _print_json,
     _StatusLine,
@@ -21,14 +22,14 @@ if TYPE_CHECKING:
 
 
 @cli.command()
-@click.option("--flops", type=float, default=None,
+@click.option("--flops", type=PositiveNumber(), default=None,
               help="Training budget in FLOPs (FLOPs = 2 x MACs), e.g. 1e15.")
 @click.option("--target-accuracy", type=float, default=None,
               help="Instead of --flops: the least budget predicted to reach this accuracy.")
 @dataset_option
-@click.option("--families", default=None,
+@click.option("--families", "--arch", "families", default=None,
               help="Comma-separated families to consider (default: every fitted family).")
-@click.option("--max-latency-ms", type=float, default=None,
+@click.option("--max-latency-ms", type=PositiveNumber(), default=None,
               help="Only configurations predicted to serve within this p90 (batch 1).")
 @click.option("--refresh", is_flag=True, help="Refit even if the registry has not changed.")
 @tracking_option
@@ -38,17 +39,13 @@ def budget(flops: float | None, target_accuracy: float | None, dataset: str,
            tracking_uri: str | None, as_json: bool) -> None:
     """What to train for a FLOPs budget: family, dials, data, and the predicted test loss,
     accuracy and latency with 95% intervals, from scaling laws fitted to the registry."""
-    from mlscale.budget import Advisor, check_positive, check_target
+    from mlscale.budget import Advisor, check_target
     from mlscale.registry import load_settings
 
     if (flops is None) == (target_accuracy is None):
         raise MlscaleError("give exactly one of --flops and --target-accuracy")
-    if flops is not None:  # bad input fails before the registry is read
-        check_positive(flops, "--flops")
-    else:
+    if flops is None:  # bad input fails before the registry is read
         check_target(target_accuracy)  # type: ignore[arg-type]
-    if max_latency_ms is not None:
-        check_positive(max_latency_ms, "--max-latency-ms")
     chosen = [name.strip() for name in families.split(",") if name.strip()] if families else None
     status = _StatusLine()
     try:
