@@ -30,10 +30,13 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["DEFAULT_BATCH_SIZES", "LatencyReport", "LatencyStats", "available_memory",
-           "benchmark_onnx", "check_batch_sizes", "default_threads"]
+           "benchmark_onnx", "check_batch_sizes", "check_timing", "default_threads"]
 
 DEFAULT_BATCH_SIZES = (1, 32, 256)
 WARMUP_RUNS = 5
+# A spread past this (p90 over p50, or p50 over the fastest run) is not the model: the
+# machine was busy (other processes, oversubscribed threads) while it was timed.
+BUSY_SPREAD = 20.0
 TABLE_HEADERS = ["engine", "batch", "runs", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "mean ms",
                  "min ms", "max ms", "samples/s"]
 
@@ -78,6 +81,28 @@ class LatencyReport:
         return next(s for s in self.onnx if s.batch_size == batch_size)
 
     @property
+    def busy_warning(self) -> str | None:
+        """One line when a measurement's spread is implausible for the model (p90 over
+        ``BUSY_SPREAD`` x p50, or p50 over ``BUSY_SPREAD`` x the fastest run): the machine
+        was busy while it was timed, so the figures overstate the latency. Else None."""
+        rows = [("onnxruntime", s) for s in self.onnx]
+        if self.torch_batch1 is not None:
+            rows.append(("torch eager", self.torch_batch1))
+        spreads = []
+        for engine, s in rows:
+            if s.p90_ms > BUSY_SPREAD * s.p50_ms:
+                spreads.append(f"{engine} batch {s.batch_size}: p90 {s.p90_ms:.4g} ms is "
+                               f"{s.p90_ms / s.p50_ms:.0f}x p50 {s.p50_ms:.4g} ms")
+            elif s.p50_ms > BUSY_SPREAD * s.min_ms:
+                spreads.append(f"{engine} batch {s.batch_size}: p50 {s.p50_ms:.4g} ms is "
+                               f"{s.p50_ms / s.min_ms:.0f}x the fastest run {s.min_ms:.4g} ms")
+        if not spreads:
+            return None
+        return (f"the machine was busy while timing on {self.threads} thread(s) "
+                f"({'; '.join(spreads)}): these latencies overstate the model's; time it "
+                "again on an idle machine or with fewer --threads")
+
+    @property
     def largest_batch(self) -> LatencyStats:
         return max(self.onnx, key=lambda s: s.batch_size)
 
@@ -94,10 +119,12 @@ class LatencyReport:
                 f"{largest.batch_size} on {self.threads} thread(s)")
 
     def markdown(self) -> str:
-        """The latency table as Markdown, with the set-up it was measured on."""
+        """The latency table as Markdown, with the set-up it was measured on (and a
+        warning when the machine was busy)."""
         setup = (f"ONNX Runtime CPU, {self.threads} thread(s), {self.cpu}; "
                  + ", ".join(f"{k} {v}" for k, v in self.versions.items()))
-        return f"{setup}\n\n{markdown_table(*self.table())}\n"
+        busy = f"\n\n**Warning:** {self.busy_warning}" if self.busy_warning else ""
+        return f"{setup}{busy}\n\n{markdown_table(*self.table())}\n"
 
     def table(self) -> tuple[list[str], list[list[str]]]:
         """Headers and formatted rows: ONNX Runtime at each batch size, then torch eager."""
@@ -110,7 +137,8 @@ class LatencyReport:
              f"{s.max_ms:.4f}", f"{s.throughput:,.0f}"] for engine, s in rows]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, and ``busy_warning`` (null when the timing looks sound)."""
+        return asdict(self) | {"busy_warning": self.busy_warning}
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> LatencyReport:
@@ -122,8 +150,12 @@ class LatencyReport:
 
 
 def default_threads() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The threads torch runs on in this process: what the trainer trains on (and records
+    as ``train_threads``), so one rule sets both. It honours ``OMP_NUM_THREADS`` and
+    ``torch.set_num_threads``; unset, torch's default (the cores it may use)."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def cpu_model() -> str:
@@ -190,18 +222,20 @@ def check_batch_sizes(batch_sizes: Sequence[int]) -> None:
         raise MlscaleError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
 
 
-def _validate(batch_sizes: Sequence[int], threads: int, iterations: int | None,
-              seconds: float | None, input_shape: Sequence[int] = ()) -> None:
+def check_timing(batch_sizes: Sequence[int], threads: int, iterations: int | None,
+                 seconds: float | None, input_shape: Sequence[int] = ()) -> None:
+    """A one-line error for settings ``benchmark_onnx`` would refuse, before anything runs."""
     check_batch_sizes(batch_sizes)
     _check_memory(batch_sizes, input_shape)
     if threads < 1:
-        raise MlscaleError(f"threads must be >= 1, got {threads}")
+        raise MlscaleError(f"threads (--threads) must be >= 1, got {threads}")
     if (iterations is None) == (seconds is None):
-        raise MlscaleError("give exactly one of iterations or seconds")
+        raise MlscaleError("give exactly one of iterations (--iterations) or seconds "
+                           "(--seconds)")
     if iterations is not None and iterations < 1:
-        raise MlscaleError(f"iterations must be >= 1, got {iterations}")
+        raise MlscaleError(f"iterations (--iterations) must be >= 1, got {iterations}")
     if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
-        raise MlscaleError(f"seconds must be positive and finite, got {seconds}")
+        raise MlscaleError(f"seconds (--seconds) must be positive and finite, got {seconds}")
 
 
 def benchmark_onnx(
@@ -217,13 +251,15 @@ def benchmark_onnx(
     """Time an ONNX model (bytes or a path) in ONNX Runtime at each batch size.
 
     ``seconds`` is per batch size (at least 10 runs); pass ``iterations`` (and
-    ``seconds=None``) for a fixed count. With ``torch_model``, torch eager latency at
-    batch 1 is measured on the same number of threads.
+    ``seconds=None``) for a fixed count. ``threads`` defaults to ``default_threads()``
+    (torch's, as the trainer's). With ``torch_model``, torch eager latency at batch 1 is
+    measured on the same number of threads. ``report.busy_warning`` says when the
+    spread shows the machine was busy.
     """
     import numpy as np
 
     threads = default_threads() if threads is None else threads
-    _validate(batch_sizes, threads, iterations, seconds, input_shape)
+    check_timing(batch_sizes, threads, iterations, seconds, input_shape)
     session = ort_session(model, threads)
     rng = np.random.default_rng(0)
     stats = []

@@ -91,15 +91,21 @@ def train_and_register(
 
     from mlscale.checks import check_finite_positive
     from mlscale.data import load
-    from mlscale.latency import DEFAULT_BATCH_SIZES
+    from mlscale.latency import DEFAULT_BATCH_SIZES, check_timing, default_threads
     from mlscale.models import model_spec, run_name
     from mlscale.train import train
 
+    # Everything checkable before the store or a run opens, so refused input leaves no
+    # FAILED run: the config (device, budget, sizes), then the timing settings.
     config.validate()
-    check_finite_positive(latency_seconds, "latency seconds")  # before, not after, training
+    check_finite_positive(latency_seconds, "latency seconds")
     config = config.with_family_defaults()
     width, depth = model_spec(config.arch).resolve(config.width, config.depth)
     data = data if data is not None else load(config.dataset, config.data_root)
+    latency_batch_sizes = latency_batch_sizes or DEFAULT_BATCH_SIZES
+    check_timing(latency_batch_sizes,
+                 default_threads() if latency_threads is None else latency_threads,
+                 None, latency_seconds, data.info.input_shape)
     mlflow_client = client(settings)
     exp_id = experiment_id(settings, settings.experiment_name(config.dataset))
     with mlflow_errors(settings):
@@ -119,8 +125,8 @@ def train_and_register(
         batch = _test_batch(data)
         exported = _export(result.model, batch)
         clock.lap("export")
-        latency = _time(exported, data, result.model, latency_batch_sizes or DEFAULT_BATCH_SIZES,
-                        latency_threads, latency_seconds)
+        latency = _time(exported, data, result.model, latency_batch_sizes, latency_threads,
+                        latency_seconds)
         clock.lap("latency")
         card = CostCard.of(result, latency)
         model_info = _log_model(result, exported, latency, card, batch)
@@ -190,7 +196,8 @@ def _register(mlflow_client: MlflowClient, settings: MlflowSettings, result: Tra
         "dataset": data.info.name, "arch": config.arch, "width": tag_value(result.width),
         "depth": str(result.depth), "run_name": result.run_name,
         "input_shape": "x".join(map(str, data.info.input_shape)),
-        "num_classes": str(data.info.num_classes)}
+        "num_classes": str(data.info.num_classes),
+        "throughput_batch_size": str(latency.largest_batch.batch_size)}
     if data.info.name != config.dataset:  # a user source: where its files are
         tags["dataset_source"] = config.dataset
     version = register_version(mlflow_client, settings.model_name(config.dataset, config.arch),
@@ -217,7 +224,8 @@ def _description(result: TrainResult, latency: LatencyReport) -> str:
             f"{result.test_accuracy:.2%}, test loss {result.test_loss:.4f} nats; "
             f"{result.params:,} params, {result.flops_per_sample:,} FLOPs per sample, "
             f"{result.train_flops:.3g} training FLOPs (FLOPs = 2 x MACs); "
-            f"{latency.headline()}.")
+            f"{latency.headline()}."
+            + (f" Warning: {latency.busy_warning}." if latency.busy_warning else ""))
 
 
 class _StageClock:

@@ -127,7 +127,14 @@ CASES = [
     (["train", "--arch", "lenet5", "--train-size", "100000"], "train size must be in [1, 55000]"),
     ([*TRAIN, "--arch", "nope"], "unknown architecture 'nope'"),
     ([*TRAIN, "--dataset", "cifar10"], "'cifar10' is not one of"),
-    ([*TRAIN, "--device", "tpu"], "device must be cpu or cuda"),
+    ([*TRAIN, "--device", "tpu"], "device (--device) must be cpu, cuda or cuda:N"),
+    ([*TRAIN, "--device", "cuda:x"], "device (--device) must be cpu, cuda or cuda:N"),
+    # checked against this machine and the model before the store or a run is opened
+    ([*TRAIN, "--device", "cuda:99"], "device 'cuda:99' (--device)"),
+    (["train", "--arch", "lenet5", "--max-train-flops", "1e3"],
+     "max_train_flops (--max-train-flops) 1000 buys less than one sample"),
+    ([*TRAIN, "--max-train-flops", "1e9"],
+     "give either epochs (--epochs) or max_train_flops (--max-train-flops), not both"),
     (TRAIN + UNDER_FILE, "cannot create the MLflow store"),
     # models: readers never create a store
     (["models", *STORE_ARGS], "no MLflow store at"),
@@ -135,7 +142,7 @@ CASES = [
     (["models", *UNDER_FILE], "no MLflow store at"),
     (["models", "--tracking-uri", "file://{ws}/nowhere"], "no MLflow store at"),
     (["models"], "no MLflow store at"),  # the environment's store
-    (["models", "--dataset", "cifar10"], "unknown dataset 'cifar10'"),
+    (["models", "--dataset", "cifar10"], "'cifar10' is not one of"),
     (["models", "--arch", "nope"], "unknown architecture 'nope'"),
     (["models", "--tracking-uri", "garbage"], "malformed tracking URI"),
     (["models", "--json", "--csv"], "choose one of --json and --csv"),
@@ -195,7 +202,7 @@ CASES = [
     # report latency
     (["report", "latency", "--out", "{ws}/report"], "no MLflow store at"),
     (["report", "latency", "--out", "{ws}/report", "--dataset", "cifar10"],
-     "unknown dataset 'cifar10'"),
+     "'cifar10' is not one of 'mnist', 'fashion-mnist', npz:PATH, imagefolder:PATH"),
     # ui
     (["ui", "--tracking-uri", "garbage"], "malformed tracking URI 'garbage'"),
     (["ui"], "no MLflow store at"),
@@ -242,6 +249,29 @@ def busy_port() -> Iterator[int]:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
         yield int(server.getsockname()[1])
+
+
+@pytest.mark.parametrize("args", [
+    ["--device", "cuda:99"],
+    ["--device", "cuda"],  # skipped where CUDA is here
+    ["--max-train-flops", "1e3"],
+])
+def test_a_refused_train_leaves_no_run_in_an_existing_store(
+        capsys: pytest.CaptureFixture[str], workspace: Path, existing_store: str,
+        args: list[str]) -> None:
+    """Input refused before the run opens: no FAILED run, no experiment, no artifacts."""
+    import torch
+    from mlflow import MlflowClient
+
+    if args == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    code, _, err = run_main(capsys, "train", "--arch", "lenet5", "--train-size", "300", *args)
+    assert code == 1 and err.count("\n") == 1 and err.startswith("Error: "), err
+    assert args[0] in err  # names the flag
+    store = MlflowClient(existing_store, existing_store)
+    assert [e.name for e in store.search_experiments()] == ["Default"]
+    assert store.search_runs(["0"]) == []
+    assert not (workspace / "store" / "artifacts").exists()
 
 
 def test_ui_refuses_a_port_in_use(capsys: pytest.CaptureFixture[str], workspace: Path,

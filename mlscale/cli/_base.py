@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -14,9 +15,24 @@ from mlscale.errors import MlscaleError
 DATASET_NAMES = ("mnist", "fashion-mnist")
 
 
+USER_SOURCES = ("npz:PATH", "imagefolder:PATH", "torchvision:NAME")
+# What every --dataset option shows in --help: the names and forms it really accepts.
+DATASET_METAVAR = "|".join((*DATASET_NAMES, *USER_SOURCES))
+
+
 class _DatasetType(click.Choice[str]):
     """A built-in dataset name, or a user source ``npz:PATH``, ``imagefolder:PATH`` or
     ``torchvision:NAME`` (checked for form here, read by the command)."""
+
+    def __init__(self) -> None:
+        super().__init__(DATASET_NAMES)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return DATASET_METAVAR
+
+    def get_invalid_choice_message(self, value: Any, ctx: click.Context | None) -> str:
+        return (f"{value!r} is not one of {', '.join(map(repr, DATASET_NAMES))}, "
+                f"{', '.join(USER_SOURCES)}")
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
                 ) -> Any:
@@ -31,11 +47,19 @@ class _DatasetType(click.Choice[str]):
         return super().convert(value, param, ctx)
 
 
+def dataset_choice(*, default: str | None = "mnist", help: str | None = None
+                   ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A ``--dataset`` option: every command's takes the same values and shows the same
+    metavar; ``default=None`` for a filter (every dataset unless given)."""
+    return click.option(
+        "--dataset", type=_DatasetType(), default=default, show_default=default is not None,
+        help=help or "Dataset to use: a built-in name, npz:PATH, imagefolder:PATH or "
+                     "torchvision:NAME.",
+    )
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-dataset_option = click.option(
-    "--dataset", type=_DatasetType(DATASET_NAMES), default="mnist", show_default=True,
-    help="Dataset to use: a built-in name, npz:PATH, imagefolder:PATH or torchvision:NAME.",
-)
+dataset_option = dataset_choice()
 tracking_option = click.option(
     "--tracking-uri", default=None,
     help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else mlflow.yaml).",
@@ -100,3 +124,27 @@ def _check_names(dataset: str | None, arch: str | None) -> None:
         from mlscale.models import model_spec
 
         model_spec(arch)
+
+
+def _prepare_data(dataset: str, root: str | None) -> None:
+    """Prepare a built-in dataset under the data root; when that writes it (a new root, or
+    a mistyped --root), say where and how much on stderr, in one line."""
+    from pathlib import Path
+
+    from mlscale.data import prepare
+    from mlscale.names import split_source
+
+    if split_source(dataset) is not None:  # a user source is read where it is
+        return
+    result = prepare(dataset, root)
+    if result.source == "existing":
+        return
+    folder = Path(result.raw_dir).resolve()
+    size = sum(path.stat().st_size for path in folder.iterdir() if path.is_file())
+    click.echo(f"prepared {dataset} in {folder.parent} ({size / 1e6:.0f} MB, from "
+               f"{result.source})", err=True)
+
+
+def _plural(count: float, word: str) -> str:
+    """``1 thread``, ``2 threads``, ``1.5 epochs``."""
+    return f"{count:g} {word}{'' if count == 1 else 's'}"

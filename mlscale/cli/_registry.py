@@ -11,6 +11,7 @@ from mlscale.cli._base import (
     _check_names,
     _print_json,
     cli,
+    dataset_choice,
     json_option,
     tracking_option,
 )
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 
 @cli.command()
-@click.option("--dataset", default=None, help="Only this dataset's models.")
+@dataset_choice(default=None, help="Only this dataset's models.")
 @click.option("--arch", default=None, help="Only this architecture's models.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
 @tracking_option
@@ -37,33 +38,58 @@ def models(dataset: str | None, arch: str | None, as_csv: bool, tracking_uri: st
     if as_csv and as_json:
         raise MlscaleError("choose one of --json and --csv")
     _check_names(dataset, arch)
-    frame = models_frame(load_settings(tracking_uri, create=False), dataset=dataset, arch=arch)
+    settings = load_settings(tracking_uri, create=False)
+    frame = models_frame(settings, dataset=dataset, arch=arch)
     if as_json:
         _print_json(frame_to_json(frame))
     elif as_csv:
         click.echo(frame.to_csv(index=False), nl=False)
     else:
-        _print_models_table(frame)
+        _print_models_table(frame, settings)
 
 
-def _print_models_table(frame: pd.DataFrame) -> None:
+def _print_models_table(frame: pd.DataFrame, settings: MlflowSettings) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    frame = frame.assign(throughput_batch=_throughput_batches(frame, settings))
+    batches = set(frame["throughput_batch"])
     table = Table(title=f"registered models ({len(frame)} versions; FLOPs = 2 x MACs)")
+    throughput = (f"samples/s @ batch {batches.pop()}", "throughput", "{:,.0f}") \
+        if len(batches) == 1 else ("samples/s @ batch", "throughput", "{:,.0f}")
     columns = [("model", "model_uri", "{}"), ("alias", "aliases", "{}"),
-               *map(CostCard.column, ("params", "flops_per_sample", "train_flops",
-                                      "train_time_s", "test_accuracy", "test_loss",
-                                      "latency_p50_ms", "latency_p90_ms", "throughput"))]
+               ("width", "width", "{:g}"), ("depth", "depth", "{:.0f}"),
+               *map(CostCard.column, ("params", "flops_per_sample", "train_size",
+                                      "train_flops", "train_time_s", "test_accuracy",
+                                      "test_loss", "latency_p50_ms", "latency_p90_ms")),
+               throughput]
     for header, _, _ in columns:
-        table.add_column(header, justify="left" if header in ("model", "alias") else "right")
+        table.add_column(header, justify="left" if header in ("model", "alias") else "right",
+                         no_wrap=header == "model")
     for row in frame.to_dict("records"):
-        table.add_row(*("" if row[key] is None or row[key] != row[key] else fmt.format(row[key])
-                        for _, key, fmt in columns))
+        cells = ["" if row[key] is None or row[key] != row[key] else fmt.format(row[key])
+                 for _, key, fmt in columns]
+        if len(batches) > 1 and cells[-1]:  # versions timed at different batches
+            cells[-1] += f" @ {row['throughput_batch']}"
+        table.add_row(*cells)
     console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)
+    if not console.is_terminal:  # piped: every column in full rather than at 80
+        console = Console(width=200)
     console.print(table)
+
+
+def _throughput_batches(frame: pd.DataFrame, settings: MlflowSettings) -> list[int]:
+    """The batch size each version's throughput was timed at: its ``throughput_batch_size``
+    tag, else the largest of the default batch sizes (what every version registered before
+    the tag was timed at)."""
+    from mlscale.latency import DEFAULT_BATCH_SIZES
+    from mlscale.registry import all_pages, client, mlflow_errors
+
+    with mlflow_errors(settings):
+        tags = {(v.name, int(v.version)): v.tags.get("throughput_batch_size")
+                for v in all_pages(client(settings).search_model_versions, 10_000)}
+    return [int(tags.get((name, version)) or max(DEFAULT_BATCH_SIZES))
+            for name, version in zip(frame["name"], frame["version"], strict=True)]
 
 
 @cli.command()

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from mlscale.checks import PositiveNumber
 from mlscale.cli._base import (
-    DATASET_NAMES,
     _check_names,
-    _DatasetType,
     _print_json,
     cli,
+    dataset_choice,
     json_option,
     tracking_option,
 )
 from mlscale.errors import MlscaleError
+
+if TYPE_CHECKING:
+    from mlscale.registry import MlflowSettings
 
 
 @cli.group()
@@ -28,7 +32,7 @@ def report() -> None:
 @click.option("--models", "models", multiple=True,
               help="NAME, models:/NAME/VERSION or models:/NAME@ALIAS; repeat or comma-separate "
                    "(default: every registered version).")
-@click.option("--dataset", default=None, help="Only this dataset's models.")
+@dataset_choice(default=None, help="Only this dataset's models.")
 @click.option("--no-log", is_flag=True, help="Do not log the report to MLflow.")
 @tracking_option
 @json_option
@@ -61,9 +65,8 @@ def report_latency(out_dir: str, models: tuple[str, ...], dataset: str | None, n
 @click.option("--experiment", default=None,
               help="Finished runs of this MLflow experiment (default: the registered models).")
 @click.option("--families", default=None, help="Comma-separated families (default: all).")
-@click.option("--dataset", type=_DatasetType(DATASET_NAMES), default="mnist", show_default=True,
-              help="Dataset of the registered models (not used with --experiment): a built-in "
-                   "name, npz:PATH, imagefolder:PATH or torchvision:NAME.")
+@dataset_choice(help="Dataset of the registered models (not used with --experiment): a "
+                    "built-in name, npz:PATH, imagefolder:PATH or torchvision:NAME.")
 @click.option("--no-log", is_flag=True, help="Do not log the report to MLflow.")
 @tracking_option
 @json_option
@@ -104,7 +107,8 @@ def _parse_batch_sizes(text: str) -> tuple[int, ...]:
 @click.option("--batch-sizes", default="1,32,256", show_default=True,
               help="Comma-separated batch sizes.")
 @click.option("--threads", type=click.IntRange(1), default=None,
-              help="ONNX Runtime and torch threads (default: the cores available).")
+              help="ONNX Runtime and torch threads (default: torch's thread count, which "
+                   "OMP_NUM_THREADS sets; what training runs on).")
 @click.option("--iterations", type=click.IntRange(1), default=None,
               help="Timed runs per batch size.")
 @click.option("--seconds", type=PositiveNumber(), default=None,
@@ -122,19 +126,53 @@ def latency(model: str, batch_sizes: str, threads: int | None, iterations: int |
         seconds = 1.0
     onnx_model: bytes | str
     if model.startswith("models:/"):
-        onnx_model, torch_model = load_registered_onnx(model, load_settings(tracking_uri,
-                                                                            create=False))
+        settings = load_settings(tracking_uri, create=False)
+        _check_registered(model, settings)
+        onnx_model, torch_model = load_registered_onnx(model, settings)
     else:
         onnx_model, torch_model = _onnx_file(model), None
     input_shape = _onnx_input_shape(onnx_model)
     report = benchmark_onnx(onnx_model, input_shape, batch_sizes=sizes, threads=threads,
                             iterations=iterations, seconds=seconds, torch_model=torch_model)
+    if report.busy_warning:
+        click.echo(f"Warning: {report.busy_warning}", err=True)
     if as_json:
         _print_json({"model": model, **report.to_dict()})
         return
     click.echo(report.markdown(), nl=False)
     if torch_model is None:
         click.echo("torch eager: not measured (a bare ONNX file carries no torch model)")
+
+
+def _check_registered(uri: str, settings: MlflowSettings) -> None:
+    """Name what a ``models:/`` URI asks for that the registry lacks (the model, the
+    version, the alias), rather than report it as a failing store."""
+    from mlflow.exceptions import MlflowException
+
+    from mlscale.registry import ModelRef, client, mlflow_errors
+
+    ref = ModelRef.parse(uri)
+    mlflow_client = client(settings)
+    with mlflow_errors(settings):
+        try:
+            registered = mlflow_client.get_registered_model(ref.name)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            raise MlscaleError(f"no registered model named '{ref.name}' (`mlscale models` "
+                               "lists them)") from None
+        if ref.alias is not None and ref.alias not in (registered.aliases or {}):
+            known = ", ".join(sorted(registered.aliases or {})) or "none"
+            raise MlscaleError(f"no version of {ref.name} has the alias '{ref.alias}' "
+                               f"(its aliases: {known})")
+        if ref.version is not None:
+            try:
+                mlflow_client.get_model_version(ref.name, ref.version)
+            except MlflowException as error:
+                if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                raise MlscaleError(f"{ref.name} has no version {ref.version} (`mlscale "
+                                   "models` lists its versions)") from None
 
 
 def _onnx_file(path: str) -> str:

@@ -6,6 +6,8 @@ import click
 
 from mlscale.checks import PositiveNumber
 from mlscale.cli._base import (
+    _plural,
+    _prepare_data,
     _print_json,
     _StatusLine,
     cli,
@@ -58,9 +60,10 @@ def train_command(arch: str, width: float | None, depth: int | None, epochs: int
                          train_size=train_size, epochs=epochs, max_train_flops=max_train_flops,
                          batch_size=batch_size, lr=lr, seed=seed, device=device,
                          precision=precision, data_root=root)
-    config.validate()
+    config.validate()  # every check before data is prepared or the MLflow store is opened
     if warning := precision_warning(config):
         click.echo(f"Warning: {warning}", err=True)
+    _prepare_data(dataset, root)
     settings = load_settings(tracking_uri)
     status = _StatusLine()
 
@@ -79,6 +82,8 @@ def train_command(arch: str, width: float | None, depth: int | None, epochs: int
                                  latency_seconds=latency_seconds, on_progress=on_progress,
                                  on_epoch=on_epoch)
     status.clear()
+    if busy := outcome.latency.busy_warning:
+        click.echo(f"Warning: {busy}", err=True)
     if as_json:
         _print_json(outcome.to_dict())
         return
@@ -87,10 +92,12 @@ def train_command(arch: str, width: float | None, depth: int | None, epochs: int
         f"{result.run_name}: test loss {result.test_loss:.4f} nats, "
         f"test accuracy {result.test_accuracy:.2%} (error {result.error_rate:.2%})\n"
         f"  {result.params:,} params, {result.samples_seen:,} samples seen, "
-        f"{result.train_flops:.3e} training FLOPs (2 x MACs), {result.wall_time_s:.1f} s\n"
+        f"{result.train_flops:.3e} training FLOPs (2 x MACs); {result.wall_time_s:.1f} s "
+        f"wall, {result.train_time_s:.1f} s in training steps\n"
         f"  ONNX Runtime: p50 {batch1.p50_ms:.3f} ms, p90 {batch1.p90_ms:.3f} ms at batch 1; "
         f"{outcome.latency.largest_batch.throughput:,.0f} samples/s at batch "
-        f"{outcome.latency.largest_batch.batch_size} ({outcome.latency.threads} threads)\n"
+        f"{outcome.latency.largest_batch.batch_size} "
+        f"({_plural(outcome.latency.threads, 'thread')})\n"
         f"  MLflow run {outcome.run_id}"
         + (f"; registered {outcome.version.model_uri}"
            + (" (champion)" if outcome.version.champion else "") if outcome.version else "")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -61,17 +63,22 @@ class TrainConfig:
                        else self.weight_decay)
 
     def validate(self) -> None:
-        """Raise MlscaleError on the first impossible value."""
+        """Raise MlscaleError on the first impossible value, before any data is loaded or
+        anything is written: the values themselves, the device being on this machine, the
+        sizes against the dataset's splits and a FLOPs budget buying at least one sample.
+
+        Messages name the field and, in parentheses, the ``mlscale train`` flag.
+        """
         if self.epochs is not None and self.max_train_flops is not None:
-            raise MlscaleError("give either epochs or max_train_flops, not both")
+            raise MlscaleError("give either epochs (--epochs) or max_train_flops "
+                               "(--max-train-flops), not both")
         if self.epochs is not None and self.epochs < 1:
-            raise MlscaleError(f"epochs must be >= 1, got {self.epochs}")
+            raise MlscaleError(f"epochs (--epochs) must be >= 1, got {self.epochs}")
         if self.max_train_flops is not None and not (
             math.isfinite(self.max_train_flops) and self.max_train_flops > 0
         ):
-            raise MlscaleError(
-                f"max_train_flops must be a positive number, got {self.max_train_flops}"
-            )
+            raise MlscaleError(f"max_train_flops (--max-train-flops) must be a positive "
+                               f"number, got {self.max_train_flops}")
         from mlscale.models import check_dials
 
         check_dials(self.arch, self.width, self.depth)  # before any data is read
@@ -79,19 +86,24 @@ class TrainConfig:
         if self.evaluations is not None and self.evaluations < 1:
             raise MlscaleError(f"evaluations must be >= 1, got {self.evaluations}")
         if self.batch_size is not None and self.batch_size < 1:
-            raise MlscaleError(f"batch size must be >= 1, got {self.batch_size}")
+            raise MlscaleError(f"batch size (--batch-size) must be >= 1, got {self.batch_size}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise MlscaleError(f"learning rate must be positive, got {self.lr}")
+            raise MlscaleError(f"learning rate (--lr) must be positive, got {self.lr}")
         if self.weight_decay is not None and not (
             math.isfinite(self.weight_decay) and self.weight_decay >= 0
         ):
             raise MlscaleError(f"weight decay must be >= 0, got {self.weight_decay}")
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise MlscaleError(f"device must be cpu or cuda, got '{self.device}'")
+        if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", self.device):
+            raise MlscaleError(f"device (--device) must be cpu, cuda or cuda:N, "
+                               f"got '{self.device}'")
         if self.precision not in PRECISIONS:
             raise MlscaleError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'"
             )
+        from mlscale.train._device import check_device
+
+        check_device(self.device)
+        self._check_budget()
 
     def _check_sizes(self) -> None:
         """Validation and training sizes against the dataset's train split (unloaded)."""
@@ -108,6 +120,38 @@ class TrainConfig:
                 f"train size must be in [1, {available}] (the train split less {val_size} "
                 f"validation samples), got {self.train_size}")
 
+
+    def _check_budget(self) -> None:
+        """A FLOPs budget buys at least one sample: the model's training FLOPs per sample
+        are measured from shapes alone (no weights, no data for a built-in dataset)."""
+        if self.max_train_flops is None:
+            return
+        from mlscale.data import dataset_info
+        from mlscale.models import model_spec
+
+        info = dataset_info(self.dataset, self.data_root)
+        width, depth = model_spec(self.arch).resolve(self.width, self.depth)
+        samples_bought(self.max_train_flops, _train_flops_per_sample(
+            self.arch, width, depth, info.input_shape, info.num_classes))
+
+
+def samples_bought(max_train_flops: float, train_flops_per_sample: int) -> int:
+    """The samples a training FLOPs budget pays for; an error when not even one."""
+    samples = int(max_train_flops // train_flops_per_sample)
+    if samples < 1:
+        raise MlscaleError(
+            f"max_train_flops (--max-train-flops) {max_train_flops:g} buys less than one "
+            f"sample: this model takes {train_flops_per_sample:,} training FLOPs per sample")
+    return samples
+
+
+@functools.lru_cache(maxsize=64)
+def _train_flops_per_sample(arch: str, width: float, depth: int,
+                            input_shape: tuple[int, int, int], num_classes: int) -> int:
+    """Measured once per model shape in a process (a cost depends on shapes only)."""
+    from mlscale.measure import cost_of
+
+    return cost_of(arch, width, depth, input_shape, num_classes).train_flops_per_sample
 
 @dataclass(frozen=True)
 class EpochMetrics:

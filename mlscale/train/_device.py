@@ -77,9 +77,24 @@ def _resolve_precision(name: str, device: torch.device) -> str:
     return "bf16" if bf16_is_native(device) else "fp32"
 
 
+def check_device(name: str) -> None:
+    """A one-line error unless device ``name`` (cpu, cuda, cuda:N) exists on this machine."""
+    if not name.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise MlscaleError(f"device '{name}' (--device) requested but CUDA is not available "
+                           "here; use --device cpu")
+    index = name.partition(":")[2]
+    count = torch.cuda.device_count()
+    if index and int(index) >= count:
+        raise MlscaleError(f"device '{name}' (--device) does not exist: this machine has "
+                           f"{count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+
+
 def _resolve_device(name: str) -> torch.device:
     import torch
 
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MlscaleError(f"device '{name}' requested but CUDA is not available here")
+    check_device(name)
     return torch.device(name)

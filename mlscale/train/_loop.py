@@ -15,7 +15,14 @@ if TYPE_CHECKING:
 
     from mlscale.data import Splits
     from mlscale.measure import ModelCost
-from mlscale.train._config import EVAL_BATCH, EpochMetrics, Progress, TrainConfig, TrainResult
+from mlscale.train._config import (
+    EVAL_BATCH,
+    EpochMetrics,
+    Progress,
+    TrainConfig,
+    TrainResult,
+    samples_bought,
+)
 from mlscale.train._device import (
     _resolve_device,
     _resolve_precision,
@@ -77,13 +84,7 @@ def _plan_samples(config: TrainConfig, train_size: int, cost: ModelCost) -> int:
     """How many training samples the run will see: epochs x size, or what the FLOPs budget buys."""
     if config.max_train_flops is None:
         return (config.epochs or 3) * train_size
-    samples = int(config.max_train_flops // cost.train_flops_per_sample)
-    if samples < 1:
-        raise MlscaleError(
-            f"max_train_flops {config.max_train_flops:g} buys less than one sample "
-            f"({cost.train_flops_per_sample:,} training FLOPs each)"
-        )
-    return samples
+    return samples_bought(config.max_train_flops, cost.train_flops_per_sample)
 
 
 def auto_batch_size(train_size: int) -> int:
