@@ -190,6 +190,9 @@ CASES = [
     (["budget"], "give exactly one of --flops and --target-accuracy"),
     (["budget", "--flops", "1e15", "--target-accuracy", "0.9"], "give exactly one of"),
     (["budget", "--flops", "1e15"], "no MLflow store at"),
+    # report
+    (["report", "scaling", "--experiment", "x", "--dataset", "fashion-mnist"],
+     "give --experiment or --dataset, not both"),
     # latency
     *[(["latency", "{ws}/corrupt.onnx", option, value], option) for option, value in (
         ("--seconds", "inf"), ("--seconds", "0"), ("--seconds", "nan"), ("--iterations", "0"),

@@ -100,3 +100,30 @@ def test_an_unwritable_folder_is_a_one_line_error(capsys: pytest.CaptureFixture[
     code, _, err = run_main(capsys, "report", "latency", "--out", str(blocker / "sub"),
                             "--tracking-uri", lenet_grid_store)
     assert code == 1 and "cannot write the report to" in err
+
+
+def test_a_model_timed_on_a_busy_machine_is_marked(lenet_grid_store: str,
+                                                   tmp_path: Path) -> None:
+    """One version's torch timing given the spread a busy machine leaves (p50 40 ms where
+    its fastest run took 0.24 ms): the report says so in its table, intro and details."""
+    import dataclasses
+
+    from mlscale.registry import client, load_settings, models_frame
+    from mlscale.report._latency import _load_latency, _summary_frame, _write
+
+    settings = load_settings(lenet_grid_store, create=False)
+    frame = models_frame(settings)
+    client(settings)
+    reports = _load_latency(frame)
+    busy_uri, sound = next(iter(reports.items()))
+    assert sound.torch_batch1 is not None and sound.busy_warning is None
+    reports[busy_uri] = dataclasses.replace(sound, torch_batch1=dataclasses.replace(
+        sound.torch_batch1, min_ms=0.24, p50_ms=40.0, p90_ms=56.0))
+    summary = _summary_frame(frame, reports)
+    assert summary.set_index("model_uri")["timing"].to_dict() == {
+        uri: "a busy machine" if uri == busy_uri else "" for uri in summary["model_uri"]}
+    page, markdown = (path.read_text() for path in _write(summary, reports, [], tmp_path,
+                                                          lenet_grid_store))
+    assert "1 of them was timed on a busy machine" in markdown
+    assert "torch eager batch 1: p50 40 ms is 167x the fastest run 0.24 ms" in markdown
+    assert "torch eager batch 1: p50 40 ms is 167x the fastest run 0.24 ms" in page

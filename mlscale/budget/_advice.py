@@ -79,7 +79,7 @@ class Option:
     def describe(self) -> str:
         """One line: the configuration, the data it sees and the FLOPs it spends."""
         return (f"{self.family} width {self.width:g} depth {self.depth}: {self.params:,} "
-                f"params, {self.samples_seen:,} samples seen ({self.epochs:.3g} epochs), "
+                f"params, {self.samples_seen:,} samples seen ({_count(self.epochs, 'epoch')}), "
                 f"{self.train_flops:.3g} training FLOPs")
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,9 +162,10 @@ def advice_warnings(fm: FamilyModel, option: Option, budget: float,
     if option.train_flops < budget - option.train_flops_per_sample:
         epochs = fm.max_epochs(unique)
         warnings.append(
-            f"epochs capped: the fitted {fm.family} runs typically made {epochs:.3g} "
-            f"passes over their data, so the law is unmeasured past {epochs:.3g} "
-            f"epochs (and more passes over small data tend to raise test loss); the "
+            f"epochs capped: the fitted {fm.family} runs typically made "
+            f"{_count(epochs, 'pass', 'passes')} over their data, so the law is unmeasured "
+            f"past {_count(epochs, 'epoch')} (and more passes over small data tend to raise "
+            "test loss); the "
             f"recommendation stops there and leaves {budget - option.train_flops:.3g} "
             "FLOPs unspent")
     if option.epochs > 1:
@@ -224,6 +225,11 @@ def low_confidence_reasons(fm: FamilyModel, option: Option) -> list[str]:
     band = ("" if accuracy.lower is None or accuracy.upper is None else
             f", accuracy anywhere in [{accuracy.lower:.2%}, {accuracy.upper:.2%}]")
     return [f"weak fit, the 95% interval on test loss spans {span:.3g}x{band}"]
+
+
+def _count(number: float, word: str, plural: str | None = None) -> str:
+    """``1 epoch``, ``1.5 epochs``, ``2 passes``."""
+    return f"{number:.3g} {word if f'{number:.3g}' == '1' else plural or word + 's'}"
 
 
 def check_positive(value: float, name: str) -> None:

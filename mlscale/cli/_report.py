@@ -64,7 +64,8 @@ def report_latency(out_dir: str, models: tuple[str, ...], dataset: str | None, n
               show_default=True, help="Folder for the HTML page, the Markdown and the plots.")
 @click.option("--experiment", default=None,
               help="Finished runs of this MLflow experiment (default: the registered models).")
-@click.option("--families", default=None, help="Comma-separated families (default: all).")
+@click.option("--families", "--arch", "families", default=None,
+              help="Comma-separated families (default: all).")
 @dataset_choice(help="Dataset of the registered models (not used with --experiment): a "
                     "built-in name, npz:PATH, imagefolder:PATH or torchvision:NAME.")
 @click.option("--no-log", is_flag=True, help="Do not log the report to MLflow.")
@@ -79,6 +80,10 @@ def report_scaling(out_dir: str, experiment: str | None, families: str | None,
     from mlscale.registry import load_settings
     from mlscale.report import print_summary, scaling_report
 
+    given = click.get_current_context().get_parameter_source("dataset")
+    if experiment is not None and given is not click.core.ParameterSource.DEFAULT:
+        raise MlscaleError("give --experiment or --dataset, not both: an experiment's runs "
+                           "are all the report reads")
     chosen = [name.strip() for name in families.split(",") if name.strip()] if families else None
     result = scaling_report(load_settings(tracking_uri, create=False), out_dir,
                             experiment=experiment,

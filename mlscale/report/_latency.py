@@ -51,7 +51,7 @@ SUMMARY_COLUMNS = [  # (header, column, format): the cost card's figures, then t
     *map(CostCard.column, ("params", "flops_per_sample", "test_accuracy", "latency_p50_ms",
                            "latency_p90_ms", "latency_p99_ms")),
     ("torch p50 ms", "torch_p50_ms", "{:.4f}"), ("ORT speed-up", "ort_speedup", "{:.2f}x"),
-    ("best samples/s", "best_throughput", "{:,.0f}"),
+    ("best samples/s", "best_throughput", "{:,.0f}"), ("timed on", "timing", "{}"),
 ]
 
 
@@ -116,6 +116,9 @@ def _summary_frame(frame: pd.DataFrame, reports: dict[str, LatencyReport]) -> pd
     summary = frame.assign(torch_p50_ms=frame["model_uri"].map(torch_p50),
                            best_throughput=frame["model_uri"].map(best))
     summary["ort_speedup"] = summary["torch_p50_ms"] / summary["latency_p50_ms"]
+    busy = {uri for uri, r in reports.items() if r.busy_warning}
+    summary["timing"] = summary["model_uri"].map(
+        lambda uri: "a busy machine" if uri in busy else "")
     timed = summary.dropna(subset=["latency_p90_ms", "test_accuracy"])
     front = pareto_front(timed, "latency_p90_ms", "test_accuracy", minimize_value=False)
     summary["on_front"] = summary.index.isin(front.index)
@@ -192,11 +195,18 @@ def _write(summary: pd.DataFrame, reports: dict[str, LatencyReport], plots: list
     intro = (f"{len(summary)} registered model versions from {tracking_uri}, fastest first "
              f"(p50/p90/p99 at batch 1 in ONNX Runtime; 'front': on the accuracy-latency "
              f"Pareto front; FLOPs = 2 x MACs). Generated {stamp}.")
+    if busy := int((summary["timing"] != "").sum()):
+        intro += (f" {busy} of them {'was' if busy == 1 else 'were'} timed on a busy machine "
+                  "(a timing spread past 20x; 'timed on' says which): their latencies and "
+                  "speed-ups overstate what they cost to serve; time them again with "
+                  "`mlscale latency MODEL`.")
     setups = _setups(reports)
     images = [img_tag(p) for p in plots]
     figures = f"<div class='pair'>{''.join(images[:2])}</div>{''.join(images[2:])}"
     details = "".join(
         f"<details{' open' if i == 0 else ''}><summary>{html.escape(uri)}</summary>"
+        + (f"<p class='note'><b>Warning:</b> {html.escape(report.busy_warning)}</p>"
+           if report.busy_warning else "")
         + html_table(*report.table())
         + f"<p class='note'>{html.escape(report.cpu)}, {report.threads} thread(s)</p></details>"
         for i, (uri, report) in enumerate(reports.items()))

@@ -122,7 +122,7 @@ class _Objective:
                 trial.report(metrics.val_loss, len(epochs_done))
                 # A trial whose training is done is kept: pruning it saves nothing.
                 if metrics.samples_seen < samples and trial.should_prune():
-                    reason = f"pruner: val loss {metrics.val_loss:.4f} at epoch {metrics.epoch:g}"
+                    reason = f"pruner: val loss {metrics.val_loss:.4f} at epoch {metrics.epoch:.3g}"
                     trial.set_user_attr(PRUNE_REASON, reason)
                     raise optuna.TrialPruned(reason)
 
