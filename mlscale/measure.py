@@ -101,6 +101,7 @@ def cost_of(arch: str, width: float | None, depth: int | None,
     with torch.device("meta"):
         model = get_model(arch, width=width, depth=depth, in_channels=input_shape[0],
                           num_classes=num_classes, image_size=input_shape[1])
+    _check_trainable_here(model, f"family {arch} at width={width}, depth={depth}")
     model = model.to_empty(device="cpu")
     try:
         return ModelCost(
@@ -110,6 +111,19 @@ def cost_of(arch: str, width: float | None, depth: int | None,
         raise MlscaleError(f"family {arch}: a training step failed at width={width}, "
                            f"depth={depth}: {type(error).__name__}: {first_line(error)}"
                            ) from None
+
+
+def _check_trainable_here(model: nn.Module, what: str) -> None:
+    """A one-line error for a model whose weights, gradients and AdamW's two moments
+    (four fp32 copies) would not fit in this machine's available memory: a user family
+    with open dial ranges accepts any width, and allocating one too large thrashes."""
+    from mlscale.latency import available_memory
+
+    need, available = 16 * count_params(model), available_memory()
+    if available is not None and need > available:
+        raise MlscaleError(f"{what}: {count_params(model):,} parameters need "
+                           f"{need / 2**30:.1f} GiB to train (weights, gradients, optimizer "
+                           f"state), more than the {available / 2**30:.1f} GiB available")
 
 
 def _conv_backward_flop(

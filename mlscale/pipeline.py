@@ -214,11 +214,12 @@ def parse_pipeline(raw: Any, source: str = "<pipeline>") -> Pipeline:
     for required in ("name", "dataset", "families", "search_space", "budget_flops"):
         if required not in raw:
             raise MlscaleError(f"{source}: missing key {required}")
-    _check_dataset(raw["dataset"])
     families = _parse_families(raw["families"])
     space = _parse_space("search_space", raw["search_space"], tuple(KNOBS))
     family_space = {family: _parse_space(f"families.{family}", spec, FAMILY_KNOBS)
                     for family, spec in families.items()}
+    _check_dataset(raw["dataset"])  # after the keys: a typo is named before data is read
+    _fill_declared_ranges(space, family_space)
     _check_space(space, family_space)
     budget = _number("budget_flops", raw["budget_flops"])
     _check_positive("budget_flops", budget)
@@ -286,6 +287,19 @@ def _parse_families(raw: Any) -> Mapping[str, Any]:
     return families
 
 
+def _fill_declared_ranges(space: Mapping[str, Range],
+                          family_space: dict[str, dict[str, Range]]) -> None:
+    """A family's own declared width and depth ranges where the pipeline gives none (the
+    width searched on a log scale, as width multipliers are)."""
+    from mlscale.models import model_spec
+
+    for family, own in family_space.items():
+        for knob in ("width", "depth"):
+            declared = model_spec(family).finite_range(knob)
+            if knob not in space and knob not in own and declared is not None:
+                own[knob] = Range(low=declared[0], high=declared[1], log=knob == "width")
+
+
 def _check_space(space: Mapping[str, Range],
                  family_space: Mapping[str, Mapping[str, Range]]) -> None:
     """The knobs a trial needs are there, and every family's dials lie in its ranges."""
@@ -297,7 +311,8 @@ def _check_space(space: Mapping[str, Range],
         for knob in ("width", "depth"):  # no lr range: the family's default lr
             if knob not in space and knob not in own:
                 raise MlscaleError(f"families.{family}: no {knob} range (set search_space."
-                                   f"{knob} or families.{family}.{knob})")
+                                   f"{knob} or families.{family}.{knob}, or declare "
+                                   f"{knob}_range on the family's builder)")
         _check_family_ranges(family, "search_space", {
             k: v for k, v in space.items() if k in FAMILY_KNOBS and k not in own})
         _check_family_ranges(family, f"families.{family}", own)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,3 +170,22 @@ def test_run_name_formats_the_dials(name: str, width: float, depth: int, expecte
 
 def test_lenet5_rejects_images_too_small_for_its_two_pools() -> None:
     assert _one_line_error(name="lenet5", image_size=8) == "LeNet needs image_size >= 12, got 8"
+
+
+def test_a_model_too_large_to_train_here_is_refused_before_it_is_allocated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user family with open dial ranges takes any width; 1e11 would need 233 TiB."""
+    from mlscale.measure import cost_of
+
+    (tmp_path / "open_cnn.py").write_text(
+        "from torch import nn\n"
+        "def net(*, width=1.0, depth=1, in_channels=1, num_classes=10, image_size=28):\n"
+        "    channels = int(8 * width)\n"
+        "    return nn.Sequential(nn.Conv2d(in_channels, channels, 3), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
+        "                         nn.Linear(channels, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert cost_of("open_cnn:net", 1.0, 1, (1, 28, 28), 10).params == 170
+    with pytest.raises(MlscaleError, match=r"family open_cnn:net at width=100000000000.0, "
+                       r"depth=1: 16,000,000,000,010 parameters need 238418.6 GiB to train"):
+        cost_of("open_cnn:net", 1e11, 1, (1, 28, 28), 10)

@@ -201,3 +201,32 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     listed.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(MlscaleError, match="expected a mapping at the top level"):
         load_pipeline(listed)
+
+
+def test_a_family_searches_its_own_declared_ranges_where_the_pipeline_gives_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = _valid()
+    del raw["search_space"]["width"], raw["search_space"]["depth"]
+    pipeline = parse_pipeline(raw)
+    lenet = pipeline.knob("lenet5", "width")
+    assert lenet is not None and (lenet.bounds, lenet.log) == ((0.1, 8.0), True)
+    depth = pipeline.knob("resnet_mini", "depth")
+    assert depth is not None and depth.log is False
+    (tmp_path / "open_dials.py").write_text(
+        "from torch import nn\n"
+        "def net(*, width=1.0, depth=1, in_channels=1, num_classes=10, image_size=28):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw["families"] = ["open_dials:net"]
+    with pytest.raises(MlscaleError, match=r"families\.open_dials:net: no width range \(set "
+                       r"search_space\.width or families\.open_dials:net\.width, or declare "
+                       r"width_range on the family's builder\)"):
+        parse_pipeline(raw)
+
+
+def test_a_misspelt_key_is_named_before_the_dataset_is_read() -> None:
+    raw = _valid()
+    raw["dataset"] = "npz:/nowhere/data.npz"
+    raw["search_space"]["widht"] = raw["search_space"].pop("width")
+    with pytest.raises(MlscaleError, match="widht"):
+        parse_pipeline(raw)

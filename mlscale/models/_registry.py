@@ -58,7 +58,12 @@ class ModelSpec:
     @property
     def bounded(self) -> bool:
         """Whether both dial ranges are finite (user families may leave them open)."""
-        return self.width_range[1] < math.inf and self.depth_range[1] < UNBOUNDED_DEPTH
+        return self.finite_range("width") is not None and self.finite_range("depth") is not None
+
+    def finite_range(self, dial: str) -> tuple[float, float] | None:
+        """The ``width`` or ``depth`` range, or None where the family leaves it open."""
+        low, high = self.width_range if dial == "width" else self.depth_range
+        return (low, high) if high < (math.inf if dial == "width" else UNBOUNDED_DEPTH) else None
 
     def resolve(self, width: float | None, depth: int | None) -> tuple[float, int]:
         """The dials a run uses (``None``: the family default), or a one-line error when
