@@ -142,7 +142,7 @@ def test_alternatives_and_warnings(advisor: Advisor) -> None:
     assert f"{spent:.3g} training FLOPs are {spent / largest:.3g}x the largest lenet5" in text
     option = big.recommendation
     assert option.epochs <= advisor.model.families["lenet5"].max_epochs(55_000) == 1.0
-    assert "epochs capped: the fitted lenet5 runs typically made 1 passes" in text
+    assert "epochs capped: the fitted lenet5 runs typically made 1 pass over" in text
     assert f"leaves {1e15 - option.train_flops:.3g} FLOPs unspent" in text
     assert big.nearest_registered_model["model_uri"].startswith("models:/mnist-lenet5/")
     small = advisor.advise(largest)

@@ -89,6 +89,26 @@ def test_runs_past_one_epoch_are_fitted_on_effective_data(tmp_path: Path) -> Non
             < naive.extrapolation["mean_abs_pct_error"])
 
 
+def test_a_degenerate_fit_of_sizes_each_on_its_own_data_is_still_plotted(
+        tmp_path: Path) -> None:
+    """LeNet-5's 7 sizes, each trained on its own data size: N and D never vary apart, so
+    the joint law runs off (alpha ~ 1737) and predicts losses that overflow to inf off the
+    runs. The plots autoscaled their loss axis to those and tight_layout raised
+    OverflowError; the loss axis now spans the runs' losses."""
+    sizes = np.array([4157.0, 15738, 61706, 75545, 115249, 115268, 244362])
+    seen = np.array([1e3, 1e4, 3e4, 1.2e5, 2.4e5, 6e5, 1.2e6])
+    loss = [0.30745903030977917, 0.41362851451190147, 0.8561921409492559, 0.1809767324978118,
+            0.10150447664909623, 0.22437778691748825, 0.31663178411882054]
+    points = pd.DataFrame({"N": sizes, "D": seen, "C": 6 * sizes * seen, "unique": seen,
+                           "k": 6.0, "loss": loss})
+    with np.errstate(all="ignore"):
+        report = fit_points(points, "nd", plot_dir=tmp_path)
+    assert report.params["alpha"].value > 100  # degenerate, as the runs allow
+    assert [Path(p).name for p in report.plots] == ["fit_nd_N.png", "fit_nd_D.png",
+                                                    "isoflops.png"]
+    assert all(Path(p).stat().st_size > 0 for p in report.plots)
+
+
 def test_bad_fit_input(tmp_path: Path, fresh_store: str) -> None:
     csv = tmp_path / "runs.csv"
     csv.write_text("N,loss\n1e6,2.0\n1e7,1.5\n1e8,nan\n1e9,1.1\n1e10,1.0\n")

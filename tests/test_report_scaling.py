@@ -20,14 +20,18 @@ from mlflow import MlflowClient
 
 from mlscale.cli import cli
 from mlscale.errors import MlscaleError
+from mlscale.markdown import markdown_table
 from mlscale.registry import load_settings, models_frame
+from mlscale.report._scaling import _select_law
+from mlscale.report._scaling_page import _regime_text, _saturation_table
 from mlscale.scaling import (
     family_saturation,
     frontier_holders,
     locate_regimes,
+    middle_regime,
     parameter_efficiency,
+    saturation_point,
     select_law,
-    smoothed,
 )
 
 
@@ -88,6 +92,51 @@ def test_the_cross_family_numbers_follow_the_runs(report: dict, lenet_grid_store
         assert (entry["overlap"] is None) == (entry["note"] is not None)
     regimes = report["regimes"]
     assert "rule" in regimes and regimes["params_range"][0] == frame["params"].min()
+    assert "model sizes at one data size (samples seen); the most at any data size is 2" in (
+        report["families"]["vgg_mini"]["law_selection"]["error"])
+
+
+def _markdown_tables(markdown: str) -> list[list[str]]:
+    """Every table of a Markdown page: its consecutive lines that start with a pipe."""
+    tables: list[list[str]] = []
+    previous = ""
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            if not previous.startswith("|"):
+                tables.append([])
+            tables[-1].append(line)
+        previous = line
+    return tables
+
+
+def _cells(row: str) -> int:
+    """GFM's cell count of a table row: pipes not escaped with a backslash, less one."""
+    import re
+
+    return len(re.findall(r"(?<!\\)\|", row)) - 1
+
+
+def test_every_markdown_table_has_as_many_cells_as_its_separator(report: dict) -> None:
+    """An unescaped '|err|' in a header made 12 header cells for 10 separator cells, and
+    markdown-it rendered no table at all."""
+    from markdown_it import MarkdownIt
+
+    markdown = Path(report["markdown"]).read_text()
+    tables = _markdown_tables(markdown)
+    assert len(tables) >= 6  # exponents, saturation, frontier, efficiency, laws, per family
+    for table in tables:
+        assert set(table[1]) <= {"|", "-"}, table[:2]
+        columns = table[1].count("---")
+        assert [_cells(row) for row in table] == [columns] * len(table), table[0]
+    rendered = MarkdownIt("commonmark").enable("table").render(markdown)
+    assert rendered.count("<table>") == len(tables)
+    assert "<th>extrapolation |err|</th>" in rendered
+
+
+def test_a_pipe_in_a_header_or_a_line_break_stays_in_its_cell() -> None:
+    table = markdown_table(["a", "x |err|"], [["1", "p|q\nr"]])
+    assert table.splitlines() == ["| a | x \\|err\\| |", "|---|---|", "| 1 | p\\|q r |"]
+    assert [_cells(row) for row in table.splitlines()] == [2, 2, 2]
 
 
 def test_the_page_is_self_contained_and_logged(report: dict, lenet_grid_store: str) -> None:
@@ -219,7 +268,7 @@ def test_regimes_and_saturation_are_located_from_the_data(points: int) -> None:
         "small", "small", "middle", "large"]
     saturation = family_saturation(runs)
     assert np.log10(saturation["saturation_params"]) == pytest.approx(_crossing(1e-3), abs=0.1)
-    with pytest.raises(MlscaleError, match="frontier of 4 or more parameter counts"):
+    with pytest.raises(MlscaleError, match=r"too few parameter counts on the frontier \(3 "):
         locate_regimes(runs.iloc[:3])
     assert family_saturation(runs.iloc[:3])["reason"].startswith("too few parameter counts")
 
@@ -235,21 +284,97 @@ def test_larger_runs_that_buy_nothing_read_as_saturation() -> None:
                                                      np.full(6, 0.98)])})
     runs["C"], runs["loss"] = 6e4 * runs["N"], 1 - runs["accuracy"]
     regimes = locate_regimes(runs)
-    # LOWESS windows of 5 points round the sharp kink at 2e4: the crossing lands at 1.2e4.
-    assert regimes.saturated_from is not None and 1e4 <= regimes.saturated_from <= 1e5
+    # The frontier turns flat at 2e4: the curve's gain falls to 0 there, so the crossings
+    # lie just before that run, with no middle regime to speak of.
+    assert regimes.saturated_from is not None and 1.8e4 <= regimes.saturated_from <= 2e4
     assert [regimes.regime(n) for n in (1e3, 1e6)] == ["small", "large"]
     assert regimes.frontier["N"].max() == pytest.approx(1e6)
+    assert middle_regime(regimes) == "narrow"
+    assert "no middle regime" in _regime_text({"regimes": regimes})
 
 
-def test_smoothing_widens_its_window_where_lowess_is_undefined() -> None:
-    from mlscale.scaling import saturation_point
+# LeNet-5 at 7 sizes, two of them 19 parameters apart, best test accuracy at each: noisy
+# and not monotone. LOWESS's local lines swung to 107% between the measured points.
+LENET_SIZES = np.array([4157.0, 15738, 61706, 75545, 115249, 115268, 244362])
+NOISY = [0.352, 0.765, 0.913, 0.882, 0.958, 0.95, 0.938]
 
-    n = np.array([4157.0, 15738, 61706, 244362, 547978])  # LeNet-5's widths 0.25 to 3
-    accuracy = np.array([0.36, 0.76, 0.84, 0.90, 0.92])
-    assert saturation_point(n, accuracy, frac=2 / 3).curve["smoothed"].isna().any()
-    curve = smoothed(n, accuracy)
-    assert not curve["smoothed"].isna().any()
-    assert curve["smoothed"].iloc[-1] > curve["smoothed"].iloc[0]
+
+def _family(accuracy: list[float], sizes: np.ndarray = LENET_SIZES, arch: str = "lenet5"
+            ) -> pd.DataFrame:
+    return pd.DataFrame({"arch": arch, "N": sizes, "C": 6e4 * sizes, "accuracy": accuracy,
+                         "loss": 1.05 - np.asarray(accuracy)})
+
+
+def _noisy(seed: int, sizes: int) -> list[float]:
+    """A saturating accuracy (to 99.5%) with 1.5 points of noise, kept within [0, 1]."""
+    log_n = np.linspace(3.5, 6.5, sizes)
+    clean = 0.995 - 0.6 * np.exp(-2.5 * (log_n - 3.5))
+    noise = np.random.default_rng(seed).normal(0, 0.015, sizes)
+    return np.clip(clean + noise, 0, 1).round(4).tolist()
+
+
+CURVES = [NOISY, [0.369, 0.749, 0.933, 0.888, 0.953, 0.947, 0.953],
+          [0.36, 0.76, 0.84, 0.90, 0.92, 0.93, 0.94]] + [_noisy(s, 12) for s in range(4)]
+
+
+@pytest.mark.parametrize("accuracy", CURVES)
+def test_the_saturation_curve_stays_within_the_measured_accuracies(accuracy: list[float]
+                                                                    ) -> None:
+    sizes = LENET_SIZES if len(accuracy) == 7 else np.logspace(3.5, 6.5, len(accuracy))
+    runs = _family(accuracy, sizes)
+    saturation = family_saturation(runs)
+    curve = saturation["curve"]["smoothed"].to_numpy()
+    assert min(accuracy) <= curve.min() and curve.max() <= max(accuracy) <= 1
+    assert np.all(np.diff(curve) >= 0)  # no dip between measured points
+    regimes = locate_regimes(runs)  # one family: its frontier is the all-family one
+    point = saturation["saturation_params"]
+    assert point == regimes.saturated_from
+    alone = saturation_point(sizes, accuracy)  # the same rule for `mlscale budget`
+    assert alone.x == point and alone.curve["smoothed"].to_numpy() == pytest.approx(curve)
+    if point is not None:
+        assert min(accuracy) <= saturation["saturation_accuracy"] <= max(accuracy)
+        assert regimes.regime(point) == "large"
+        assert regimes.small_until is not None and regimes.small_until <= point
+
+
+def test_a_noisy_family_saturates_where_its_frontier_stops_rising() -> None:
+    """The frontier of NOISY rises to 95.8% at the two sizes 19 apart (one size here) and
+    stays: the family saturates just before them, and the page says there is no middle
+    regime rather than giving two adjacent numbers as if one lay between them."""
+    runs = _family(NOISY)
+    saturation = family_saturation(runs)
+    assert 1.1e5 < saturation["saturation_params"] <= 115268
+    assert saturation["saturation_accuracy"] <= 0.958
+    regimes = locate_regimes(runs)
+    study = {"regimes": regimes, "families": {"lenet5": {"saturation": saturation}}}
+    text = _regime_text(study)
+    assert "no middle regime" in text and "within" in text
+    assert _saturation_table(study)[1][0][4] == "large"
+
+
+def test_a_family_that_saturates_before_the_others_says_where_the_frontier_stands() -> None:
+    flat = _family([0.90, 0.95, 0.96, 0.96, 0.96], np.logspace(3, 5, 5), "flat")
+    rising = _family([0.90, 0.92, 0.94, 0.96, 0.98, 0.99], np.logspace(3.2, 6.5, 6), "rising")
+    runs = pd.concat([flat, rising], ignore_index=True)
+    regimes = locate_regimes(runs)
+    study = {"regimes": regimes, "families": {name: {"saturation": family_saturation(group)}
+                                              for name, group in runs.groupby("arch")}}
+    rows = {row[0]: row for row in _saturation_table(study)[1]}
+    assert rows["flat"][4] == "small: the all-family frontier still gains there"
+    assert rows["rising"][3] == "not saturated in its range"
+    assert "not saturated within the data" in _regime_text(study)
+
+
+def test_law_selection_says_what_it_counts() -> None:
+    """LeNet-5 at 7 model sizes, each trained on its own data size: the laws of N need 5
+    sizes at one data size, and the message said 'got 1' as if the family had one size."""
+    runs = _family(NOISY).assign(D=6e4 * np.arange(1, 8))
+    error = _select_law(runs)["error"]
+    assert error == ("not compared: needs at least 5 model sizes at one data size (samples "
+                     "seen); the most at any data size is 1 (the family has 7 model sizes "
+                     "over 7 data sizes)")
+    one_data_size = _family(NOISY).assign(D=6e4)
+    assert _select_law(one_data_size)["nobs"] == 7
 
 
 def test_parameter_efficiency_in_points_and_in_parameters() -> None:

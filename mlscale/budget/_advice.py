@@ -177,7 +177,8 @@ def advice_warnings(fm: FamilyModel, option: Option, budget: float,
     if fm.saturation_flops is not None and spent > fm.saturation_flops:
         warnings.append(
             f"the registered {fm.family} runs stop gaining 0.1 points per 10x of compute "
-            f"at {fm.saturation_flops:.2g} FLOPs (LOWESS over {len(fm.runs)} runs)")
+            f"at {fm.saturation_flops:.2g} FLOPs (the best accuracy within each compute, "
+            f"{len(fm.runs)} runs)")
     ratio = spent / fm.largest_run_flops
     loss = option.predicted_test_loss
     if ratio > EXTRAPOLATION_FACTOR:

@@ -3,10 +3,10 @@
 Per family with enough registered runs: joint laws of test loss and of error rate in
 parameters N and effective data D' (``fit_law(..., "nd", unique=...)``), batch-1 p90
 latency against forward FLOPs and training seconds per sample against training FLOPs per
-sample (statsmodels OLS on logs), the empirical saturation of
-accuracy against training FLOPs (LOWESS), and the family's dial grid as measured by
-FlopCounterMode. Built once per registry state, cached as JSON: a cached answer needs
-neither torch nor statsmodels.
+sample (statsmodels OLS on logs), the empirical saturation of accuracy against training
+FLOPs (``saturation_point``), and the family's dial grid as measured by FlopCounterMode.
+Built once per registry state, cached as JSON: a cached answer needs neither torch nor
+statsmodels.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ class FamilyModel:
     train_time: TrainTimeModel | None
     candidates: pd.DataFrame  # width, depth, params, flops_per_sample, train_flops_per_sample
     runs: pd.DataFrame  # RUN_COLUMNS, one row per registered version
-    saturation_flops: float | None  # LOWESS: accuracy gain per 10x FLOPs < 0.1 points
+    saturation_flops: float | None  # accuracy gain per 10x FLOPs < 0.1 points for good
 
     @property
     def largest_run_flops(self) -> float:

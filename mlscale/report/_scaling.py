@@ -101,9 +101,19 @@ def _fit_family(runs: pd.DataFrame, plot_dir: Path) -> dict[str, Any]:
 
 
 def _select_law(runs: pd.DataFrame) -> dict[str, Any]:
-    from mlscale.scaling import select_law, slice_for_law
+    """The laws of N compared at the data size (samples seen) with the most model sizes,
+    or why not, saying what was counted: a family can have many model sizes each trained
+    on its own data size."""
+    from mlscale.scaling import MIN_POINTS, select_law, slice_for_law
 
     chosen = slice_for_law(runs, "n")
+    sizes_at_one = int(chosen["N"].nunique())
+    if sizes_at_one < MIN_POINTS:
+        data_sizes = int(runs["D"].nunique())
+        return {"error": f"not compared: needs at least {MIN_POINTS} model sizes at one data "
+                         f"size (samples seen); the most at any data size is {sizes_at_one} "
+                         f"(the family has {runs['N'].nunique()} model sizes over "
+                         f"{data_sizes} data size{'s' if data_sizes != 1 else ''})"}
     try:
         selection = select_law(chosen["N"], chosen["loss"], "test loss (nats)")
     except MlscaleError as error:

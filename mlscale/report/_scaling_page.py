@@ -26,11 +26,15 @@ def _colours(study: dict[str, Any]) -> dict[str, str]:
 
 
 def _shade_regimes(axes: Any, regimes: Any, low: float, high: float) -> None:
-    """Shade the three regimes along the parameter axis (the large one is saturation)."""
+    """Shade the three regimes along the parameter axis (the large one is saturation; a
+    middle regime too narrow to speak of is not drawn)."""
+    from mlscale.scaling import middle_regime
+
     edges = [low, regimes.small_until or high, regimes.saturated_from or high, high]
     edges[1] = min(edges[1], edges[2])
+    narrow = middle_regime(regimes) == "narrow"
     for (name, colour), left, right in zip(REGIME_SHADES, edges, edges[1:], strict=False):
-        if right > left:
+        if right > left and not (narrow and name == "middle"):
             label = "large: saturated" if name == "large" else name
             axes.axvspan(left, right, color=colour, zorder=0, label=f"regime {label}")
 
@@ -60,7 +64,8 @@ def _saturation_plot(study: dict[str, Any], points: pd.DataFrame, out: Path) -> 
             axes.scatter([saturation["saturation_params"]], [saturation["saturation_accuracy"]],
                          marker="*", s=180, color=colours[family], edgecolor="black", zorder=4)
     axes.set(xscale="log", xlabel="parameters N", ylabel="test accuracy (best run at each N)",
-             title="saturation: stars where 10x more parameters buy under 0.1 points")
+             title="saturation: lines are each family's frontier (best accuracy with at most N "
+             "params),\nstars where 10x more parameters buy under 0.1 points")
     axes.legend(fontsize=7, loc="lower right")
     return save_figure(figure, out / "saturation.png")
 
@@ -147,6 +152,8 @@ def _saturation_table(study: dict[str, Any]) -> tuple[list[str], list[list[str]]
         s = info["saturation"]
         point = s.get("saturation_params")
         regime = regimes.regime(point) if point and not isinstance(regimes, dict) else ""
+        if regime in ("small", "middle"):  # saturated alone, not on the all-family frontier
+            regime += ": the all-family frontier still gains there"
         rows.append([family, f"{s['params_range'][0]:,.0f}-{s['params_range'][1]:,.0f}",
                      f"{s['best_accuracy']:.2%}",
                      f"{point:,.0f}" if point else str(s.get("reason")), regime,
@@ -156,15 +163,40 @@ def _saturation_table(study: dict[str, Any]) -> tuple[list[str], list[list[str]]
 
 
 def _regime_text(study: dict[str, Any]) -> str:
+    """The rule, then where the regimes lie; without a middle regime to speak of (both
+    crossings on one bend of the curve, or between the same two runs) it says so."""
+    from mlscale.scaling import middle_regime
+
     regimes = study["regimes"]
     if isinstance(regimes, dict):
         return f"Regimes {regimes['error']}."
-    low, high = regimes.frontier["N"].min(), regimes.frontier["N"].max()
-    small = (f"small below {regimes.small_until:,.0f} parameters" if regimes.small_until
-             else f"small over the whole range ({low:,.0f}-{high:,.0f} parameters)")
-    large = (f"large (saturated) from {regimes.saturated_from:,.0f}" if regimes.saturated_from
-             else "not saturated within the data")
-    return f"{regimes.rule} Here: {small}; {large}."
+    sizes = regimes.frontier["N"]
+    low, high = float(sizes.min()), float(sizes.max())
+    small, large = regimes.small_until, regimes.saturated_from
+    middle = middle_regime(regimes)
+    if small is None:
+        here = (f"small over the whole range ({low:,.0f}-{high:,.0f} parameters), 10x more "
+                f"parameters buying at least 1 point throughout; not saturated")
+    elif large is not None and large <= low:
+        here = (f"large (saturated) over the whole range ({low:,.0f}-{high:,.0f} "
+                f"parameters): 10x more parameters never buy 0.1 points")
+    elif large is not None and middle == "narrow":
+        here = (f"small below {small:,.0f} and large (saturated) from {large:,.0f} "
+                f"parameters, no middle regime: the gain per 10x falls from over 1 point to "
+                f"under 0.1 points within {100 * (large / small - 1):.1f}% more parameters")
+    elif large is not None and middle == "empty":
+        here = (f"small up to the run at {float(sizes[sizes < small].max()):,.0f} parameters "
+                f"and large (saturated) from the run at "
+                f"{float(sizes[sizes >= large].min()):,.0f}, no run in a middle regime: the "
+                f"gain per 10x falls from over 1 point to under 0.1 points between them")
+    else:
+        start = (f"no small regime (10x more parameters never buy 1 point past the gain's "
+                 f"peak); middle from {low:,.0f}" if small <= low else
+                 f"small below {small:,.0f} parameters; middle from {small:,.0f}")
+        here = (f"{start}; not saturated within the data ({high:,.0f} parameters)"
+                if large is None else f"{start} to {large:,.0f}; large (saturated) from "
+                f"{large:,.0f}")
+    return f"{regimes.rule} Here: {here}."
 
 
 def _decade_table(study: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

@@ -1,13 +1,13 @@
 """Scaling laws, fitted to runs and read for advice: the public front of the package.
 
 - the laws and their fits (``fit_law`` -> ``ScalingFit``, which predicts with intervals),
-  compute-optimal allocation, effective data under repetition, saturation, and
-  cost-efficiency fronts (``_laws``, ``_huber``, ``_results``, ``_fit``);
+  compute-optimal allocation, effective data under repetition and cost-efficiency fronts
+  (``_laws``, ``_huber``, ``_results``, ``_fit``);
 - fits of real runs: points from the MLflow store or a CSV, the extrapolation check,
   plots and the MLflow run that records a fit (``_points``, ``_csv``, ``_plots``);
-- the lineage study across families: saturation, regimes, frontier holders, parameter
-  efficiency, and the choice between power, logarithmic and exponential laws
-  (``_study``, ``_selection``).
+- the lineage study across families: saturation (one monotone curve for every saturation
+  point), regimes, frontier holders, parameter efficiency, and the choice between power,
+  logarithmic and exponential laws (``_study``, ``_selection``).
 
 Callers import from here, never from the private modules. The maths is in
 docs/SCALING_MATH.md.
@@ -18,13 +18,11 @@ from __future__ import annotations
 from mlscale.scaling._csv import points_from_csv
 from mlscale.scaling._fit import (
     ComputeOptimal,
-    Saturation,
     compute_frontier,
     compute_optimal,
     efficiency_fronts,
     fit_law,
     pareto_front,
-    saturation_point,
 )
 from mlscale.scaling._laws import LAWS, R_STAR, Law, effective_data
 from mlscale.scaling._points import (
@@ -41,12 +39,14 @@ from mlscale.scaling._study import (
     SATURATED_GAIN,
     SMALL_GAIN,
     Regimes,
+    Saturation,
     best_by,
     family_saturation,
     frontier_holders,
     locate_regimes,
+    middle_regime,
     parameter_efficiency,
-    smoothed,
+    saturation_point,
 )
 
 __all__ = [
@@ -75,6 +75,7 @@ __all__ = [
     "frontier_holders",
     "locate_regimes",
     "log_fit",
+    "middle_regime",
     "parameter_efficiency",
     "pareto_front",
     "points_from_csv",
@@ -82,5 +83,4 @@ __all__ = [
     "saturation_point",
     "select_law",
     "slice_for_law",
-    "smoothed",
 ]

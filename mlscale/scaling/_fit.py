@@ -1,5 +1,5 @@
 """Scaling-law fits and the advice drawn from them: compute-optimal allocation, effective
-data under repetition, saturation, and cost-efficiency fronts.
+data under repetition, and cost-efficiency fronts.
 
 Laws (``LAWS``), for any positive loss-like target (test loss in nats, error rate):
 ``"n"`` L_inf + A N^-alpha, ``"d"`` L_inf + B D^-beta, ``"nd"`` E + A N^-alpha + B D^-beta,
@@ -30,15 +30,14 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import minimize_scalar
 from scipy.stats import norm
-from statsmodels.nonparametric.smoothers_lowess import lowess
 
 from mlscale.errors import MlscaleError
 from mlscale.scaling._huber import Problem, bootstrap_thetas, fit_theta, lad_covariance
 from mlscale.scaling._laws import LAWS, R_STAR, effective_data
 from mlscale.scaling._results import ScalingFit
 
-__all__ = ["ComputeOptimal", "Saturation", "compute_frontier", "compute_optimal",
-           "efficiency_fronts", "fit_law", "pareto_front", "saturation_point"]
+__all__ = ["ComputeOptimal", "compute_frontier", "compute_optimal", "efficiency_fronts",
+           "fit_law", "pareto_front"]
 
 EFFICIENCY_COSTS = ("train_flops", "params", "latency_p90_ms")
 
@@ -241,47 +240,6 @@ def compute_optimal(fit: ScalingFit, k: float, *, unique: float | None = None
     g = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1 / s)
     return ComputeOptimal(fit, float(k), None if unique is None else float(unique),
                           float(p["beta"] / s), float(p["alpha"] / s), float(g))
-
-
-@dataclass(frozen=True)
-class Saturation:
-    """Where the gain per decade of x first falls below the threshold, and the curve."""
-
-    x: float | None
-    curve: pd.DataFrame  # columns: x, smoothed, gain_per_decade
-
-
-def saturation_point(x: ArrayLike, accuracy_or_loss: ArrayLike, threshold: float = 1e-3, *,
-                     higher_is_better: bool = True, frac: float = 2 / 3, points: int = 200
-                     ) -> Saturation:
-    """LOWESS-smooth the target on log10(x); return the x where gain per 10x drops below.
-
-    ``threshold`` is in the target's units per decade of x (1e-3 = 0.1 accuracy points).
-
-    >>> x = np.logspace(3, 7, 30)
-    >>> acc = 0.99 - 0.2 * np.exp(-x / 1e4)
-    >>> round(float(np.log10(saturation_point(x, acc).x)), 1)  # exact: 4.92
-    5.0
-    """
-    xs, ys = _positive(x, "x"), np.asarray(accuracy_or_loss, dtype=float)
-    if xs.shape != ys.shape or xs.ndim != 1 or np.isnan(ys).any():
-        raise MlscaleError("x and accuracy_or_loss must be 1-D, the same length, without NaN")
-    if (distinct := np.unique(xs).size) < 4:
-        raise MlscaleError(f"saturation_point needs at least 4 distinct x; got {distinct}")
-    log_x = np.log10(xs)
-    grid = np.linspace(log_x.min(), log_x.max(), points)
-    smooth = lowess(ys, log_x, frac=frac, xvals=grid)
-    gain = np.gradient(smooth, grid) * (1 if higher_is_better else -1)
-    curve = pd.DataFrame({"x": 10**grid, "smoothed": smooth, "gain_per_decade": gain})
-    below = np.flatnonzero(gain < threshold)
-    if below.size == 0:
-        return Saturation(None, curve)
-    i = int(below[0])
-    if i == 0:
-        return Saturation(float(10 ** grid[0]), curve)
-    # Linear interpolation of the crossing between grid points i - 1 and i.
-    t = (gain[i - 1] - threshold) / (gain[i - 1] - gain[i])
-    return Saturation(float(10 ** (grid[i - 1] + t * (grid[i] - grid[i - 1]))), curve)
 
 
 def pareto_front(frame: pd.DataFrame, cost_col: str, value_col: str,

@@ -16,6 +16,16 @@ if TYPE_CHECKING:
 
 __all__ = ["plot_fit"]
 
+LOSS_MARGIN = 3.0  # the loss axis spans the runs' losses, a factor 3 either side
+
+
+def _loss_axis(axes: Any, points: pd.DataFrame) -> None:
+    """A log loss axis over the runs' losses, not autoscaled to the fit's curves: a
+    degenerate fit (alpha = 1737 on 7 sizes each trained on its own data size) predicts
+    losses that overflow to inf off the runs, and ticks up to 1e308 crashed the layout."""
+    losses = points["loss"].to_numpy(dtype=float)
+    axes.set(yscale="log", ylim=(losses.min() / LOSS_MARGIN, losses.max() * LOSS_MARGIN))
+
 
 def _band(fit: ScalingFit, grid: dict[str, np.ndarray], alpha: float = 0.05
           ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -65,8 +75,9 @@ def plot_fit(fit: ScalingFit, points: pd.DataFrame, law: str, out_dir: Path,
                 axes.fill_between(x, *band, alpha=0.2, label="95% band")
         axes.scatter(points[var], points["loss"], s=14, color="black", label="runs", zorder=3)
         label = "D' (effective samples)" if var == "D" and fit.data_constrained else var
-        axes.set(xscale="log", yscale="log", xlabel=label, ylabel="loss",
+        axes.set(xscale="log", xlabel=label, ylabel="loss",
                  title=f"{fit.law.formula} (fit to {fit.nobs} runs)")
+        _loss_axis(axes, points)
         axes.legend(fontsize=7)
         path = out_dir / f"fit_{law}_{var}.png"
         figure.tight_layout()
@@ -93,8 +104,9 @@ def _plot_isoflops(fit: ScalingFit, points: pd.DataFrame, k: float, out_dir: Pat
         n = np.logspace(np.log10(n_opt) - 1.5, np.log10(n_opt) + 1.5, 100)
         axes.plot(n, fit.predict(N=n, D=c / (k * n)), label=f"C = {c:.2g}")
         axes.scatter([n_opt], fit.predict(N=n_opt, D=c / (k * n_opt)), color="black", s=12)
-    axes.set(xscale="log", yscale="log", xlabel="N (parameters)", ylabel="predicted loss",
+    axes.set(xscale="log", xlabel="N (parameters)", ylabel="predicted loss",
              title=f"isoFLOP curves, C = {k:.3g} N D; dots: N_opt ~ C^{allocation.a:.3f}")
+    _loss_axis(axes, points)
     axes.legend(fontsize=7)
     path = out_dir / "isoflops.png"
     figure.tight_layout()
