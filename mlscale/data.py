@@ -65,6 +65,7 @@ class DatasetInfo:
     input_shape: tuple[int, int, int] = (1, 28, 28)
     train_samples: int = 60_000  # the train split, before the validation split is carved out
     test_samples: int = 10_000
+    fingerprint: str = ""  # a user source's content hash; a built-in is known by its name
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ path or a file path are made valid and stable here, without importing anything h
 ('npz-shapes', 'imagefolder-pets')
 >>> dataset_name("torchvision:CIFAR10"), dataset_name("mnist")
 ('torchvision-cifar10', 'mnist')
+>>> is_dataset_name("npz-shapes"), is_dataset_name("shapes.npz")
+(True, False)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import PurePath
 
 from mlscale.errors import MlscaleError
 
-__all__ = ["SOURCE_KINDS", "arch_name", "dataset_name", "split_source"]
+__all__ = ["SOURCE_KINDS", "arch_name", "dataset_name", "is_dataset_name", "split_source"]
 
 SOURCE_KINDS = ("npz", "imagefolder", "torchvision")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -54,3 +56,10 @@ def dataset_name(spec: str) -> str:
     kind, argument = source
     stem = argument.lower() if kind == "torchvision" else PurePath(argument).stem
     return f"{kind}-{_UNSAFE.sub('-', stem).strip('-') or 'data'}"
+
+
+def is_dataset_name(name: str) -> bool:
+    """Whether ``name`` has the form ``dataset_name`` gives a user source (``npz-shapes``):
+    what the registry knows a dataset by, with no file to read."""
+    kind, dash, stem = name.partition("-")
+    return bool(dash and stem) and kind in SOURCE_KINDS and not _UNSAFE.search(stem)

@@ -1,7 +1,11 @@
 """`mlscale train`'s workflow: train -> export -> time -> log -> register, one stage each.
 
-One MLflow run per model; any failure marks the run FAILED with its reason and leaves
-no registered version unless every stage before registration succeeded.
+One MLflow run per model. What can be checked first is, before the store or a run
+opens: the config, the family built for the data (a training step too for user code) and
+exported to ONNX, and that the experiment and registered model hold no other data of the
+same name. Any later failure marks the run FAILED with its reason (a store's error as one
+line naming the store, a model's naming its family) and leaves no registered version
+unless every stage before registration succeeded.
 
 >>> outcome = train_and_register(TrainConfig(arch="lenet5"), load_settings())  # doctest: +SKIP
 >>> outcome.version.model_uri                                                  # doctest: +SKIP
@@ -11,6 +15,7 @@ no registered version unless every stage before registration succeeded.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,12 +23,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlscale.cost_card import CostCard, tag_value
-from mlscale.errors import first_line
+from mlscale.errors import MlscaleError, first_line
 from mlscale.registry import (
+    DATASET_FINGERPRINT,
+    DATASET_SOURCE,
     FAILURE_TAG,
     TORCH_WEIGHTS,
     MlflowSettings,
     RegisteredVersion,
+    check_one_dataset,
     client,
     experiment_id,
     mlflow_errors,
@@ -36,7 +44,7 @@ if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
     from torch import nn
 
-    from mlscale.data import Splits
+    from mlscale.data import DatasetInfo, Splits
     from mlscale.export import ExportedModel
     from mlscale.latency import LatencyReport
     from mlscale.train import EpochMetrics, Progress, TrainConfig, TrainResult
@@ -93,10 +101,10 @@ def train_and_register(
     from mlscale.data import load
     from mlscale.latency import DEFAULT_BATCH_SIZES, check_timing, default_threads
     from mlscale.models import model_spec, run_name
-    from mlscale.train import train
 
     # Everything checkable before the store or a run opens, so refused input leaves no
-    # FAILED run: the config (device, budget, sizes), then the timing settings.
+    # FAILED run: the config (device, budget, sizes), the timing settings, then the family
+    # built for the data, trained a step and exported.
     config.validate()
     check_finite_positive(latency_seconds, "latency seconds")
     config = config.with_family_defaults()
@@ -106,21 +114,29 @@ def train_and_register(
     check_timing(latency_batch_sizes,
                  default_threads() if latency_threads is None else latency_threads,
                  None, latency_seconds, data.info.input_shape)
+    _check_family(config.arch, width, depth, data.info.input_shape, data.info.num_classes)
+    data_tags = _data_tags(config.dataset, data.info)
     mlflow_client = client(settings)
-    exp_id = experiment_id(settings, settings.experiment_name(config.dataset))
+    experiment = settings.experiment_name(config.dataset)
+    exp_id = experiment_id(settings, experiment)
+    check_one_dataset(settings, (exp_id, experiment),
+                      settings.model_name(config.dataset, config.arch) if register else None,
+                      data_tags.get(DATASET_SOURCE, ""), data.info.fingerprint)
     with mlflow_errors(settings):
-        run = mlflow.start_run(experiment_id=exp_id, tags=run_tags,
+        run = mlflow.start_run(experiment_id=exp_id, tags=(run_tags or {}) | data_tags,
                                run_name=run_name(config.arch, width, depth),
                                parent_run_id=parent_run_id, nested=parent_run_id is not None)
     run_id = run.info.run_id
-    try:
+    try:  # the store's errors as one line naming it; every other error as it is
         if on_run_started is not None:
             on_run_started(run_id)
-        mlflow.log_params({k: str(v) for k, v in asdict(config).items()})
-        mlflow.log_dict(asdict(config), "config.json")
+        with mlflow_errors(settings):
+            mlflow.log_params({k: str(v) for k, v in asdict(config).items()})
+            mlflow.log_dict(asdict(config), "config.json")
         clock = _StageClock()
-        result = train(config, data=data, on_progress=on_progress, on_epoch=on_epoch)
-        _log_training(result)
+        result = _train_family(config, width, depth, data, on_progress, on_epoch)
+        with mlflow_errors(settings):
+            _log_training(result)
         clock.lap("train")
         batch = _test_batch(data)
         exported = _export(result.model, batch)
@@ -129,18 +145,82 @@ def train_and_register(
                         latency_seconds)
         clock.lap("latency")
         card = CostCard.of(result, latency)
-        model_info = _log_model(result, exported, latency, card, batch)
-        clock.lap("log")
-        version = (_register(mlflow_client, settings, result, data, card, latency, model_info,
-                             run_id) if register else None)
-        clock.lap("register")
-        mlflow.log_metrics({f"seconds_{stage}": value for stage, value in clock.laps.items()})
-        mlflow.end_run("FINISHED")
+        with mlflow_errors(settings):
+            model_info = _log_model(result, exported, latency, card, batch)
+            clock.lap("log")
+            version = (_register(mlflow_client, settings, result, data, card, latency,
+                                 model_info, run_id, data_tags) if register else None)
+            clock.lap("register")
+            mlflow.log_metrics({f"seconds_{stage}": value for stage, value in clock.laps.items()})
+            mlflow.end_run("FINISHED")
     except BaseException as error:
         _fail_run(mlflow_client, run_id, error)
-        with mlflow_errors(settings):  # a store's error as one line, naming the store
-            raise
+        raise
     return TrainingOutcome(result, exported, latency, run_id, version, clock.laps)
+
+
+@functools.lru_cache(maxsize=64)
+def _check_family(arch: str, width: float, depth: int, input_shape: tuple[int, int, int],
+                  num_classes: int) -> None:
+    """The family built at its dials for the data's shape (a user's: its output shape and
+    a training step too, by ``cost_of``) and exported to ONNX untrained, so that a model
+    that cannot train or export fails before its run, not after training. Once per model
+    shape in a process: a search trains the same shapes on other subsets."""
+    from mlscale.export import check_exportable
+    from mlscale.measure import cost_of
+    from mlscale.models import get_model, model_spec
+
+    if model_spec(arch).source:  # the zoo's families are known to train
+        cost_of(arch, width, depth, input_shape, num_classes)
+    model = get_model(arch, width=width, depth=depth, in_channels=input_shape[0],
+                      num_classes=num_classes, image_size=input_shape[1])
+    check_exportable(model, input_shape, f"family {arch} at width={width}, depth={depth}")
+
+
+def _data_tags(dataset: str, info: DatasetInfo) -> dict[str, str]:
+    """A user source's run and version tags: where its files are and its content's
+    fingerprint (see ``mlscale.registry.check_one_dataset``); none for a built-in."""
+    from mlscale.names import split_source
+    from mlscale.sources import resolved_source
+
+    if split_source(dataset) is None:
+        return {}
+    return {DATASET_SOURCE: resolved_source(dataset), DATASET_FINGERPRINT: info.fingerprint}
+
+
+def _train_family(config: TrainConfig, width: float, depth: int, data: Splits,
+                  on_progress: Callable[[Progress], None] | None,
+                  on_epoch: Callable[[EpochMetrics], None] | None) -> TrainResult:
+    """``train``, where an error the model raises is a one-line error naming the family
+    and its dials (a callback's, such as a pruner's stop, passes as it is)."""
+    from mlscale.train import train
+
+    from_callbacks: list[BaseException] = []
+
+    def relayed(callback: Callable[[Any], None] | None) -> Callable[[Any], None] | None:
+        if callback is None:
+            return None
+
+        def call(value: Any) -> None:
+            try:
+                callback(value)
+            except BaseException as error:
+                from_callbacks.append(error)
+                raise
+
+        return call
+
+    try:
+        return train(config, data=data, on_progress=relayed(on_progress),
+                     on_epoch=relayed(on_epoch))
+    except MlscaleError:
+        raise
+    except Exception as error:
+        if error in from_callbacks:
+            raise
+        raise MlscaleError(f"family {config.arch} failed in training at width={width}, "
+                           f"depth={depth}: {type(error).__name__}: {first_line(error)}"
+                           ) from error
 
 
 def _test_batch(data: Splits) -> torch.Tensor:
@@ -187,7 +267,7 @@ def _log_model(result: TrainResult, exported: ExportedModel, latency: LatencyRep
 
 def _register(mlflow_client: MlflowClient, settings: MlflowSettings, result: TrainResult,
               data: Splits, card: CostCard, latency: LatencyReport, model_info: ModelInfo,
-              run_id: str) -> RegisteredVersion:
+              run_id: str, data_tags: dict[str, str]) -> RegisteredVersion:
     """A registered version carrying the cost card and what the model takes and gives."""
     import mlflow
 
@@ -197,9 +277,7 @@ def _register(mlflow_client: MlflowClient, settings: MlflowSettings, result: Tra
         "depth": str(result.depth), "run_name": result.run_name,
         "input_shape": "x".join(map(str, data.info.input_shape)),
         "num_classes": str(data.info.num_classes),
-        "throughput_batch_size": str(latency.largest_batch.batch_size)}
-    if data.info.name != config.dataset:  # a user source: where its files are
-        tags["dataset_source"] = config.dataset
+        "throughput_batch_size": str(latency.largest_batch.batch_size)} | data_tags
     version = register_version(mlflow_client, settings.model_name(config.dataset, config.arch),
                                model_info.model_uri, model_info.model_id, run_id, tags,
                                _description(result, latency))

@@ -86,16 +86,17 @@ def test_train_prints_epochs_and_a_summary(data_root: Path) -> None:
     assert "prepared" not in result.stderr  # the root already held MNIST
 
 
-@pytest.mark.parametrize("command", [["train"], ["zoo"], ["budget"], ["data", "prepare"],
-                                     ["report", "scaling"], ["report", "latency"],
-                                     ["models"]])
-def test_every_dataset_option_shows_what_it_accepts(command: list[str]) -> None:
+@pytest.mark.parametrize(("command", "more"), [
+    (["train"], ""), (["zoo"], ""), (["budget"], ""), (["data", "prepare"], ""),
+    (["report", "scaling"], ""), (["report", "latency"], ""),
+    (["models"], "|REGISTRY-NAME")])  # a filter of the registry also takes its names
+def test_every_dataset_option_shows_what_it_accepts(command: list[str], more: str) -> None:
     result = CliRunner().invoke(cli, [*command, "--help"], terminal_width=200)
     assert result.exit_code == 0, result.output
     options = [line.split()[:2] for line in result.output.splitlines()
                if line.strip().startswith("--dataset")]
     assert options == [["--dataset", "mnist|fashion-mnist|npz:PATH|imagefolder:PATH|"
-                                     "torchvision:NAME"]], result.output
+                                     f"torchvision:NAME{more}"]], result.output
 
 
 def test_training_into_a_new_data_root_says_where_it_prepared_the_data(
@@ -122,6 +123,9 @@ def test_training_into_a_new_data_root_says_where_it_prepared_the_data(
         (["train", "--arch", "lenet5", "--max-train-flops", "nan"], "positive finite number"),
         (["zoo", "--arch", "resnet_mini", "--depth", "99"], "depth must be"),
         (["data", "prepare", "--dataset", "svhn"], "'svhn' is not one of"),
+        (["train", "--arch", "lenet5", "--dataset", "hard.npz"],
+         "; did you mean npz:hard.npz?"),
+        (["data", "prepare", "--dataset", "pics/"], "; did you mean imagefolder:pics/?"),
     ],
 )
 def test_bad_input_is_one_line_and_a_nonzero_exit(

@@ -7,7 +7,14 @@ from torch import nn
 
 from mlscale.data import Splits
 from mlscale.errors import MlscaleError
-from mlscale.export import INPUT_NAME, OUTPUT_NAME, PARITY_TOLERANCE, export_onnx, ort_session
+from mlscale.export import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    PARITY_TOLERANCE,
+    check_exportable,
+    export_onnx,
+    ort_session,
+)
 from mlscale.models import get_model
 
 
@@ -42,6 +49,29 @@ class _NoisyHead(nn.Module):
 def test_a_parity_failure_reports_the_difference(mnist: Splits) -> None:
     with pytest.raises(MlscaleError, match=r"ONNX export differs from torch by \d"):
         export_onnx(_NoisyHead(), _real_batch(mnist))
+
+
+class _Bessel(nn.Module):
+    """A model ONNX's exporter cannot write: torch.special.i0 has no ONNX operator."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.special.i0(x).flatten(1)[:, :10]
+
+
+def test_an_operator_onnx_lacks_is_one_line_and_prints_nothing(
+        mnist: Splits, capfd: pytest.CaptureFixture[str]) -> None:
+    """Named with the operator, and the exporter's dump of its graph (printed from C++,
+    past sys.stdout) kept off stdout, which --json owns."""
+    expected = ("the model cannot be exported to ONNX (opset 17, traced at batch 8): "
+                "UnsupportedOperatorError: Exporting the operator 'aten::i0' to ONNX opset "
+                "version 17 is not supported")
+    with pytest.raises(MlscaleError) as error:
+        export_onnx(_Bessel(), _real_batch(mnist, 8))
+    assert str(error.value) == expected
+    with pytest.raises(MlscaleError, match=r"^family f at width=1, depth=1 cannot be exported "
+                                           r"to ONNX \(opset 17, traced at batch 1\)"):
+        check_exportable(_Bessel(), (1, 28, 28), "family f at width=1, depth=1")
+    assert capfd.readouterr().out == ""
 
 
 def test_a_corrupt_onnx_file_is_a_one_line_error() -> None:

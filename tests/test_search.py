@@ -211,7 +211,7 @@ def test_two_workers_share_one_study_without_duplicates(fresh_store: str,
                                                         tmp_path: Path) -> None:
     pipeline = _write_pipeline(tmp_path, budget_flops=2.4e10)
     storage = _storage(tmp_path)
-    run_search(parse_pipeline(_tiny(budget_flops=1.0)), load_settings(), storage=storage)
+    optuna.storages.RDBStorage(storage)  # the schema; the two workers race for the study
     workers = [subprocess.Popen(_search_command(pipeline, storage, "--json"),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]

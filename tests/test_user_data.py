@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _byo import CLASSES, write_imagefolder, write_npz
+from _byo import CLASSES, shapes, write_imagefolder, write_npz
 from _cli import run_main
 
 from mlscale.data import dataset_info, default_val_size, load
@@ -66,11 +67,50 @@ def test_npz_float_and_grey_images(tmp_path: Path) -> None:
                                                                          np.uint8)},
      "images must be square, got 16x8"),
     ({"x_train": np.zeros((480, 3, 16, 16), np.int32)}, "must hold uint8 or float images"),
+    ({"x_train": np.full((480, 3, 16, 16), np.nan)}, "float images in x_train hold 368,640 NaN "
+                                                     "pixels"),
+    ({"x_test": np.zeros((160, 16, 16, 3), np.uint8)},
+     "x_test of shape (160, 16, 16, 3) looks channels-last (N, H, W, C); mlscale wants "
+     "(N, C, H, W): x.transpose(0, 3, 1, 2)"),
 ])
 def test_bad_npz_files_are_one_line_errors(tmp_path: Path, overrides: dict[str, object],
                                            message: str) -> None:
     path = write_npz(tmp_path / "bad.npz", **overrides)  # type: ignore[arg-type]
     assert message in _error(f"npz:{path}")
+
+
+def test_labels_with_gaps_warn_naming_the_absent_classes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Classes are the largest label + 1 (documented); a class below it that the train
+    split never shows is likely a mistake, so it is said, in one line on stderr."""
+    labels = np.array([0, 1, 9] * 160)
+    path = write_npz(tmp_path / "gaps.npz", y_train=labels, y_test=labels[:160])
+    assert load_source(f"npz:{path}").info.num_classes == 10
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        f"Warning: {path}: 10 classes (the largest train label + 1), but the train split has "
+        "no sample of class 2, 3, 4, 5, 6, 7, 8\n")
+    load_source(f"npz:{write_npz(tmp_path / 'full.npz')}")
+    assert capsys.readouterr().err == ""
+
+
+def test_the_fingerprint_is_the_content_wherever_the_files_are(tmp_path: Path) -> None:
+    """A moved or copied source (or the same pixels as floats) is the same data; other
+    labels under the same file name are not."""
+    for folder in "abc":
+        (tmp_path / folder).mkdir()
+    first = load_source(f"npz:{write_npz(tmp_path / 'a' / 'shapes.npz')}").info.fingerprint
+    x_train, _ = shapes(480, 0)
+    floats = write_npz(tmp_path / "b" / "shapes.npz", x_train=x_train / 255)
+    assert load_source(f"npz:{floats}").info.fingerprint == first
+    relabelled = write_npz(tmp_path / "c" / "shapes.npz", y_train=shapes(480, 0)[1][::-1])
+    assert load_source(f"npz:{relabelled}").info.fingerprint not in ("", first)
+    folder = write_imagefolder(tmp_path / "pics", train=8, test=4)
+    copied = tmp_path / "elsewhere" / "pics"
+    shutil.copytree(folder, copied)  # new mtimes: another cache key, the same content
+    assert load_source(f"imagefolder:{copied}").info.fingerprint == load_source(
+        f"imagefolder:{folder}").info.fingerprint
+    assert dataset_info("mnist").fingerprint == ""  # a built-in is known by its name
 
 
 def test_npz_that_needs_pickle_or_is_not_an_archive(tmp_path: Path) -> None:
@@ -83,6 +123,10 @@ def test_npz_that_needs_pickle_or_is_not_an_archive(tmp_path: Path) -> None:
     text.write_text("not an archive")
     assert _error(f"npz:{text}") == f"{text} is not a NumPy .npz archive (not a zip file)"
     assert _error(f"npz:{tmp_path / 'absent.npz'}").endswith("absent.npz does not exist")
+    assert _error(f"npz:{tmp_path}") == (f"npz dataset {tmp_path} is a directory, not an .npz "
+                                         "file (a folder of images is imagefolder:PATH)")
+    assert _error(f"imagefolder:{text}") == (f"imagefolder dataset {text} is a file, not a "
+                                             "folder (an .npz archive is npz:PATH)")
 
 
 def test_imagefolder_is_decoded_once_then_read_from_its_cache(
@@ -134,9 +178,8 @@ def test_bad_imagefolders_are_one_line_errors(tmp_path: Path) -> None:
     from PIL import Image
 
     big = folder / "train" / CLASSES[2] / "big.png"
-    Image.new("RGB", (20, 20)).save(big)
-    assert "mixed image sizes" in _error(f"imagefolder:{folder}") and str(big) in _error(
-        f"imagefolder:{folder}")
+    Image.new("RGB", (20, 12)).save(big)  # 20 wide, 12 high: HxW 12x20, like every shape
+    assert f"{big} is 12x20, " in _error(f"imagefolder:{folder}")
     big.unlink()
     for path in (folder / "test" / CLASSES[3]).iterdir():
         path.unlink()

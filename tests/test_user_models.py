@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from _byo import write_imagefolder, write_npz
@@ -57,6 +58,52 @@ def wrong_classes(*, num_classes: int = 10, **dials: Any) -> nn.Module:
 
 def lacks_dials(width: float = 1.0) -> nn.Module:
     return nn.Linear(1, 1)
+
+
+class _Probe(nn.Module):
+    """A linear head on the flattened image, calling ``check(self, x)`` first."""
+
+    def __init__(self, check: Any, in_channels: int, num_classes: int, image_size: int
+                 ) -> None:
+        super().__init__()
+        self.check, self.steps = check, 0
+        self.head = nn.Linear(in_channels * image_size * image_size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check(self, x)
+        return self.head(torch.special.i0(x).flatten(1) if self.check is _bessel
+                         else x.flatten(1))
+
+
+def _raise_in_training(model: _Probe, x: torch.Tensor) -> None:
+    if model.training:
+        raise ValueError("boom in training")
+
+
+def _diverge_at_step_3(model: _Probe, x: torch.Tensor) -> None:
+    if model.training and len(x) > 2:  # a real batch, not a probe of two images
+        model.steps += 1
+        if model.steps == 3:
+            raise RuntimeError("diverged at step 3")
+
+
+def _bessel(model: _Probe, x: torch.Tensor) -> None:
+    """torch.special.i0 in forward: an operator ONNX's exporter lacks."""
+
+
+def fails_in_training(*, width: float = 1.0, depth: int = 1, in_channels: int = 1,
+                      num_classes: int = 10, image_size: int = 28) -> nn.Module:
+    return _Probe(_raise_in_training, in_channels, num_classes, image_size)
+
+
+def fails_later(*, width: float = 1.0, depth: int = 1, in_channels: int = 1,
+                num_classes: int = 10, image_size: int = 28) -> nn.Module:
+    return _Probe(_diverge_at_step_3, in_channels, num_classes, image_size)
+
+
+def bessel(*, width: float = 1.0, depth: int = 1, in_channels: int = 1, num_classes: int = 10,
+           image_size: int = 28) -> nn.Module:
+    return _Probe(_bessel, in_channels, num_classes, image_size)
 
 
 @pytest.fixture
@@ -280,3 +327,104 @@ def test_entry_point_family_on_an_imagefolder_dataset_end_to_end(
     assert {row["name"] for row in outputs["models"]} == {"imagefolder-pics-byonet"}
     assert outputs["budget"]["family"] == "byonet"
     _check_registered_onnx("models:/imagefolder-pics-byonet@champion", (3, 16, 16))
+
+
+def _main_fd(capfd: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``mlscale ARGS`` with file descriptors 1 and 2 captured (what C++ code prints too)."""
+    from mlscale.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    captured = capfd.readouterr()
+    return int(exit_info.value.code or 0), captured.out, captured.err
+
+
+@pytest.mark.parametrize(("arch", "size", "message"), [
+    ("test_user_models:returns_nothing", 16, "family test_user_models:returns_nothing returned "
+                                             "NoneType, not an nn.Module, at width=1.0"),
+    ("test_user_models:wrong_classes", 16, "family test_user_models:wrong_classes: output shape "
+                                           "(2, 5) at width=1.0"),
+    ("lenet5", 8, "LeNet needs image_size >= 12, got 8"),
+    ("test_user_models:fails_in_training", 16,
+     "family test_user_models:fails_in_training: a training step failed at width=1.0, "
+     "depth=1: ValueError: boom in training"),
+    ("test_user_models:bessel", 16,
+     "family test_user_models:bessel at width=1.0, depth=1 cannot be exported to ONNX (opset "
+     "17, traced at batch 1): UnsupportedOperatorError: Exporting the operator 'aten::i0' to "
+     "ONNX opset version 17 is not supported"),
+    ("alexnet_mini", 8,  # the zoo too: its pooling to 3 x 3 does not export from 1 x 1
+     "family alexnet_mini at width=1.0, depth=3 cannot be exported to ONNX (opset 17, traced "
+     "at batch 1): SymbolicValueError: Unsupported: ONNX export of operator "
+     "adaptive_avg_pool2d, output size that are not factor of input size."),
+])
+def test_a_family_that_cannot_build_train_or_export_is_refused_before_its_run(
+        tmp_path: Path, fresh_store: str, capfd: pytest.CaptureFixture[str],
+        isolated_families: None, arch: str, size: int, message: str) -> None:
+    """Each is one line on stderr, nothing on stdout (the exporter's dump of its graph
+    included), before any training and before the store is opened: no run is left."""
+    images = np.zeros((480, 3, size, size), np.uint8)
+    path = write_npz(tmp_path / "shapes.npz", x_train=images, x_test=images[:160])
+    code, out, err = _main_fd(capfd, "train", "--arch", arch, "--dataset", f"npz:{path}",
+                              "--epochs", "1", "--json")
+    assert (code, out) == (1, "") and err.startswith(f"Error: {message}"), err
+    assert err.count("\n") == 1
+    assert not Path(fresh_store.removeprefix("sqlite:///")).exists()
+
+
+def test_a_family_failing_in_training_fails_its_run_naming_the_family(
+        tmp_path: Path, fresh_store: str, isolated_families: None) -> None:
+    """An error the model raises after training began: the run ends FAILED with the
+    family's failure (not a store's), and nothing is registered."""
+    from mlflow import MlflowClient
+
+    from mlscale.registry import FAILURE_TAG, load_settings
+    from mlscale.train import TrainConfig
+    from mlscale.workflow import train_and_register
+
+    dataset = f"npz:{write_npz(tmp_path / 'shapes.npz')}"
+    config = TrainConfig(arch="test_user_models:fails_later", dataset=dataset, epochs=1)
+    expected = ("family test_user_models:fails_later failed in training at width=1.0, "
+                "depth=1: RuntimeError: diverged at step 3")
+    with pytest.raises(MlscaleError) as error:
+        train_and_register(config, load_settings(), latency_seconds=0.01)
+    assert str(error.value) == expected
+    client = MlflowClient(fresh_store, fresh_store)
+    [run] = client.search_runs([client.get_experiment_by_name("mlscale-npz-shapes")
+                                .experiment_id])
+    assert (run.info.status, run.data.tags[FAILURE_TAG]) == ("FAILED", expected)
+    assert client.search_model_versions() == []
+
+
+def test_the_registry_is_listed_by_its_names_without_the_data_or_the_code(
+        tmp_path: Path, fresh_store: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, isolated_families: None) -> None:
+    """models --dataset/--arch filter on the registered names and tags: the folder moved
+    away and the family's module gone, every form still lists the version."""
+    code_dir = tmp_path / "code"
+    code_dir.mkdir()
+    (code_dir / "gone_nets.py").write_text("from test_user_models import tiny_family as cnn\n")
+    monkeypatch.syspath_prepend(str(code_dir))
+    folder = write_imagefolder(tmp_path / "pics", train=80, test=20)
+    code, _, err = run_main(capsys, "train", "--arch", "gone_nets:cnn", "--dataset",
+                            f"imagefolder:{folder}", "--epochs", "1", "--latency-seconds",
+                            "0.01", "--json")
+    assert code == 0, err
+    folder.rename(tmp_path / "moved")
+    (code_dir / "gone_nets.py").unlink()
+    monkeypatch.delitem(sys.modules, "gone_nets")
+    monkeypatch.setattr(_registry, "_USER_MODELS", {})
+    monkeypatch.chdir(tmp_path)
+    for args in (["--dataset", "imagefolder-pics"], ["--dataset", f"imagefolder:{folder}"],
+                 ["--arch", "gone_nets:cnn"], ["--arch", "gone_nets.cnn"]):
+        code, out, err = run_main(capsys, "models", *args, "--json")
+        assert code == 0, (args, err)
+        assert [row["model_uri"] for row in json.loads(out)] == [
+            "models:/imagefolder-pics-gone_nets.cnn/1"], args
+    code, out, _ = run_main(capsys, "models", "--arch", "vgg_mini", "--json")
+    assert (code, json.loads(out)) == (0, [])  # a zoo family with no version: empty
+    code, _, err = run_main(capsys, "models", "--dataset", "imagefolder-pix")  # typos
+    assert (code, err) == (1, "Error: no registered model has the dataset 'imagefolder-pix' "
+                              "(registered: imagefolder-pics)\n")
+    code, _, err = run_main(capsys, "models", "--arch", "gone_nets.cn")
+    assert (code, err) == (1, "Error: no registered model has the architecture 'gone_nets.cn' "
+                              "(registered: gone_nets.cnn)\n")

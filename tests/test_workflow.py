@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 import torch
+from _byo import shapes, write_npz
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
@@ -175,6 +177,46 @@ def test_refused_input_opens_no_store_and_no_run(
         train_and_register(TrainConfig.from_dict(values | config), load_settings(),
                            data=mnist, **{**FAST_LATENCY, **options})
     assert not Path(fresh_store.removeprefix("sqlite:///")).exists()
+
+
+def test_other_data_of_the_same_name_is_refused_before_its_run(
+        tmp_path: Path, fresh_store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """npz:a/shapes.npz and npz:b/shapes.npz are both named npz-shapes: the data's content
+    fingerprint keeps a second dataset out of the first one's experiment and registered
+    model, while the same data moved elsewhere still adds to them."""
+    for folder in ("a", "moved", "b"):
+        (tmp_path / folder).mkdir()
+    first = write_npz(tmp_path / "a" / "shapes.npz")
+    moved = shutil.copy(first, tmp_path / "moved" / "shapes.npz")
+    _, labels = shapes(480, 0)
+    other = write_npz(tmp_path / "b" / "shapes.npz", y_train=labels[::-1].copy())
+
+    def train_on(path: Path | str) -> None:
+        config = TrainConfig(arch="lenet5", dataset=f"npz:{path}", epochs=1, width=0.5)
+        train_and_register(config, load_settings(), **FAST_LATENCY)
+
+    train_on(first)
+    train_on(moved)
+    client = _client(fresh_store)
+    experiment = client.get_experiment_by_name("mlscale-npz-shapes").experiment_id
+    version = client.get_model_version("npz-shapes-lenet5", "2")
+    assert version.tags["dataset_source"] == f"npz:{moved}"
+    with pytest.raises(MlscaleError) as error:
+        train_on(other)
+    assert str(error.value).startswith(
+        f"the experiment mlscale-npz-shapes holds runs of other data named npz-shapes: "
+        f"npz:{moved} (content {version.tags['dataset_fingerprint']}), not npz:{other} "
+        f"(content ")
+    assert "rename the file or folder" in str(error.value)
+    (tmp_path / "mlflow.yaml").write_text("experiment: 'b-{dataset}'\n")  # a new experiment,
+    monkeypatch.setenv("MLSCALE_MLFLOW_CONFIG", str(tmp_path / "mlflow.yaml"))  # same model
+    with pytest.raises(MlscaleError, match=r"^the registered model npz-shapes-lenet5 holds "
+                                           r"runs of other data named npz-shapes: "):
+        train_on(other)
+    assert len(client.search_runs([experiment])) == 2
+    assert client.search_runs([client.get_experiment_by_name("b-npz-shapes").experiment_id]
+                              ) == []
+    assert len(client.search_model_versions()) == 2
 
 
 def test_mlflow_yaml_paths_resolve_from_any_directory(

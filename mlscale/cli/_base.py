@@ -22,27 +22,40 @@ DATASET_METAVAR = "|".join((*DATASET_NAMES, *USER_SOURCES))
 
 class _DatasetType(click.Choice[str]):
     """A built-in dataset name, or a user source ``npz:PATH``, ``imagefolder:PATH`` or
-    ``torchvision:NAME`` (checked for form here, read by the command)."""
+    ``torchvision:NAME`` (checked for form here, read by the command); with
+    ``registry_names``, also a user source's name in the registry (``npz-STEM``, ...), for
+    commands that only filter what was registered."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, registry_names: bool = False) -> None:
         super().__init__(DATASET_NAMES)
+        self.registry_names = registry_names
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
-        return DATASET_METAVAR
+        return DATASET_METAVAR + ("|REGISTRY-NAME" if self.registry_names else "")
 
     def get_invalid_choice_message(self, value: Any, ctx: click.Context | None) -> str:
-        return (f"{value!r} is not one of {', '.join(map(repr, DATASET_NAMES))}, "
-                f"{', '.join(USER_SOURCES)}")
+        from pathlib import Path
+
+        message = (f"{value!r} is not one of {', '.join(map(repr, DATASET_NAMES))}, "
+                   f"{', '.join(USER_SOURCES)}")
+        path = Path(str(value)).expanduser()
+        if path.suffix.lower() == ".npz":
+            return f"{message}; did you mean npz:{value}?"
+        if path.is_dir() or ("/" in str(value) and not path.suffix):
+            return f"{message}; did you mean imagefolder:{value}?"
+        return message
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
                 ) -> Any:
-        from mlscale.names import split_source
+        from mlscale.names import is_dataset_name, split_source
 
         if isinstance(value, str) and ":" in value:
             try:
                 split_source(value)
             except MlscaleError as error:
                 self.fail(str(error), param, ctx)
+            return value
+        if self.registry_names and isinstance(value, str) and is_dataset_name(value):
             return value
         return super().convert(value, param, ctx)
 

@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING
 import click
 
 from mlscale.cli._base import (
-    _check_names,
+    _DatasetType,
     _print_json,
     cli,
-    dataset_choice,
     json_option,
     tracking_option,
 )
@@ -25,8 +24,11 @@ if TYPE_CHECKING:
 
 
 @cli.command()
-@dataset_choice(default=None, help="Only this dataset's models.")
-@click.option("--arch", default=None, help="Only this architecture's models.")
+@click.option("--dataset", type=_DatasetType(registry_names=True), default=None,
+              help="Only this dataset's models: a built-in name, a source (npz:PATH, ...) or "
+                   "its registry name (npz-STEM, ...); the data need not be there.")
+@click.option("--arch", default=None, help="Only this architecture's models (a user family "
+                                           "as module:builder or module.builder).")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
 @tracking_option
 @json_option
@@ -37,15 +39,49 @@ def models(dataset: str | None, arch: str | None, as_csv: bool, tracking_uri: st
 
     if as_csv and as_json:
         raise MlscaleError("choose one of --json and --csv")
-    _check_names(dataset, arch)
+    if arch is not None and not set(":.") & set(arch):
+        _check_zoo_name(arch)
     settings = load_settings(tracking_uri, create=False)
     frame = models_frame(settings, dataset=dataset, arch=arch)
+    if frame.empty:
+        _check_registered_names(settings, dataset, arch)
     if as_json:
         _print_json(frame_to_json(frame))
     elif as_csv:
         click.echo(frame.to_csv(index=False), nl=False)
     else:
         _print_models_table(frame, settings)
+
+
+def _check_zoo_name(arch: str) -> None:
+    """A family named without a module path is the zoo's or an entry point's: known by name
+    before the store opens, and without importing any user code."""
+    from mlscale.models import list_models
+
+    if arch not in list_models():
+        raise MlscaleError(f"unknown architecture {arch!r}; choose one of: "
+                           f"{', '.join(list_models())}, or a user family as module:builder")
+
+
+def _check_registered_names(settings: MlflowSettings, dataset: str | None,
+                            arch: str | None) -> None:
+    """A registry name that matched nothing (``npz-STEM``, ``module.builder``) and that no
+    version carries is a typo: an error rather than an empty table. Sources and import
+    paths are not checked: their files and code are not read."""
+    from mlscale.names import arch_name, is_dataset_name
+    from mlscale.registry import models_frame
+
+    registered = models_frame(settings)
+    if dataset is not None and is_dataset_name(dataset):
+        known = sorted(set(registered["dataset"].dropna()))
+        if dataset not in known:
+            raise MlscaleError(f"no registered model has the dataset {dataset!r} (registered: "
+                               f"{', '.join(known) or 'none'})")
+    if arch is not None and ":" not in arch and "." in arch:
+        known = sorted(set(registered["arch"].dropna().map(arch_name)))
+        if arch not in known:
+            raise MlscaleError(f"no registered model has the architecture {arch!r} "
+                               f"(registered: {', '.join(known) or 'none'})")
 
 
 def _print_models_table(frame: pd.DataFrame, settings: MlflowSettings) -> None:

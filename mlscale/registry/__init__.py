@@ -12,6 +12,7 @@ expect. ``mlscale.workflow`` writes runs and versions; this module opens, names 
 from __future__ import annotations
 
 from mlscale.registry._frame import NUMERIC_COLUMNS, frame_to_json, models_frame
+from mlscale.registry._one_dataset import DATASET_FINGERPRINT, DATASET_SOURCE, check_one_dataset
 from mlscale.registry._settings import (
     MlflowSettings,
     check_uri_scheme,
@@ -33,6 +34,8 @@ FAILURE_TAG = "mlscale.failure"  # a failed run's reason, on the run
 
 __all__ = [
     "CHAMPION",
+    "DATASET_FINGERPRINT",
+    "DATASET_SOURCE",
     "FAILURE_TAG",
     "NUMERIC_COLUMNS",
     "TORCH_WEIGHTS",
@@ -40,6 +43,7 @@ __all__ = [
     "ModelRef",
     "RegisteredVersion",
     "all_pages",
+    "check_one_dataset",
     "check_uri_scheme",
     "client",
     "config_dir",

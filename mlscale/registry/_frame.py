@@ -18,7 +18,9 @@ NUMERIC_COLUMNS = (*COST_CARD, "width", "depth")
 
 def models_frame(settings: MlflowSettings, *, dataset: str | None = None,
                  arch: str | None = None) -> pd.DataFrame:
-    """One row per registered model version with its cost card, best accuracy first."""
+    """One row per registered model version with its cost card, best accuracy first;
+    ``dataset`` and ``arch`` keep one dataset's (a source or its registry name) and one
+    family's (``module:builder`` or its registry name ``module.builder``) versions."""
     import pandas as pd
 
     mlflow_client = client(settings)
@@ -45,12 +47,14 @@ def models_frame(settings: MlflowSettings, *, dataset: str | None = None,
                                         "created"])
     for column in NUMERIC_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    if dataset is not None:  # a user source's spec or its registry name
-        from mlscale.names import dataset_name
+    # Filters compare registry names (a source's spec or its name, a family as written or
+    # as named): what the tags hold, with no data read and no user code imported.
+    from mlscale.names import arch_name, dataset_name
 
+    if dataset is not None:
         frame = frame[frame["dataset"] == dataset_name(dataset)]
     if arch is not None:
-        frame = frame[frame["arch"] == arch]
+        frame = frame[frame["arch"].map(arch_name, na_action="ignore") == arch_name(arch)]
     return frame.sort_values(["test_accuracy", "name", "version"],
                              ascending=[False, True, True]).reset_index(drop=True)
 

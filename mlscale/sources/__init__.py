@@ -24,7 +24,7 @@ from mlscale.names import dataset_name, split_source
 if TYPE_CHECKING:
     from mlscale.data import Splits
 
-__all__ = ["check_source", "load_source", "source_sizes"]
+__all__ = ["check_source", "load_source", "resolved_source", "source_sizes"]
 
 
 def _root(root: str | os.PathLike[str] | None) -> Path:
@@ -45,9 +45,17 @@ def _stamp(path: Path) -> tuple[int, int]:
 def load_source(spec: str, root: str | os.PathLike[str] | None = None, *,
                 download: bool = False) -> Splits:
     """The splits of the user dataset ``spec``; loaded once per process while unchanged."""
+    kind, argument = _parsed(resolved_source(spec))
+    return _load(kind, argument, str(_root(root).resolve()), _stamp(Path(argument)), download)
+
+
+def resolved_source(spec: str) -> str:
+    """``spec`` with its path absolute (``npz:/home/me/shapes.npz``): where its files are,
+    whatever the working directory; ``torchvision:NAME`` as it is."""
     kind, argument = _parsed(spec)
-    path = Path(argument).expanduser().resolve() if kind != "torchvision" else Path(argument)
-    return _load(kind, str(path), str(_root(root).resolve()), _stamp(path), download)
+    if kind == "torchvision":
+        return spec
+    return f"{kind}:{Path(argument).expanduser().resolve()}"
 
 
 @functools.lru_cache(maxsize=4)
@@ -78,13 +86,14 @@ def check_source(spec: str) -> None:
     """Fail fast, without reading the data, on a source whose files are not there."""
     kind, argument = _parsed(spec)
     path = Path(argument).expanduser()
-    if kind == "npz" and not path.is_file():
-        raise MlscaleError(f"npz dataset {path} does not exist")
+    if kind == "npz":
+        from mlscale.sources._npz import check_npz_file
+
+        check_npz_file(path)
     if kind == "imagefolder":
-        for split in ("train", "test"):
-            if not (path / split).is_dir():
-                raise MlscaleError(f"imagefolder {path} has no {split}/ folder (expected "
-                                   f"{path}/{split}/CLASS/IMAGE)")
+        from mlscale.sources._imagefolder import check_imagefolder
+
+        check_imagefolder(path)
 
 
 def source_sizes(spec: str, root: str | os.PathLike[str] | None = None) -> tuple[int, int]:

@@ -14,16 +14,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlscale.errors import MlscaleError
+from mlscale.sources._arrays import shape_text
+from mlscale.sources._paths import check_path
 
 if TYPE_CHECKING:
     import numpy as np
 
     from mlscale.data import Splits
 
-__all__ = ["CACHE_FORMAT", "cache_path", "imagefolder_sizes", "load_imagefolder"]
+__all__ = ["CACHE_FORMAT", "cache_path", "check_imagefolder", "imagefolder_sizes",
+           "load_imagefolder"]
 
 CACHE_FORMAT = 1
 SPLITS = ("train", "test")
+
+
+def check_imagefolder(folder: Path) -> None:
+    """A one-line error unless ``folder`` holds a train/ and a test/ folder."""
+    check_path("imagefolder", folder)
+    for split in SPLITS:
+        if not (folder / split).is_dir():
+            raise MlscaleError(f"imagefolder {folder} has no {split}/ folder (expected "
+                               f"{folder}/{split}/CLASS/IMAGE)")
 
 
 def _samples(folder: Path, split: str) -> tuple[list[str], list[tuple[str, int]]]:
@@ -31,9 +43,6 @@ def _samples(folder: Path, split: str) -> tuple[list[str], list[tuple[str, int]]
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
     directory = folder / split
-    if not directory.is_dir():
-        raise MlscaleError(f"imagefolder {folder} has no {split}/ folder (expected "
-                           f"{folder}/{split}/CLASS/IMAGE)")
     try:
         classes, class_to_idx = find_classes(str(directory))
         samples = make_dataset(str(directory), class_to_idx, extensions=IMG_EXTENSIONS)
@@ -88,8 +97,8 @@ def _decode_split(samples: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarra
         if first is None:
             first = (path, pixels.shape[1:])
         elif pixels.shape[1:] != first[1]:
-            raise MlscaleError(f"mixed image sizes: {path} is {pixels.shape[2]}x"
-                               f"{pixels.shape[1]}, {first[0]} {first[1][1]}x{first[1][0]}")
+            raise MlscaleError(f"mixed image sizes: {path} is {shape_text(pixels.shape[1:])}, "
+                               f"{first[0]} {shape_text(first[1])}")
         images.append(pixels)
     channels = max(image.shape[0] for image in images)
     stacked = np.stack([np.repeat(image, channels // image.shape[0], axis=0)
@@ -109,8 +118,8 @@ def _decode_folder(folder: Path) -> dict[str, np.ndarray]:
     x_test, y_test = _decode_split(test)
     if x_train.shape[1:] != x_test.shape[1:]:
         raise MlscaleError(f"mixed image sizes: {folder}/train holds "
-                           f"{'x'.join(map(str, x_train.shape[1:]))} images, test/ "
-                           f"{'x'.join(map(str, x_test.shape[1:]))}")
+                           f"{shape_text(x_train.shape[1:])} images, test/ "
+                           f"{shape_text(x_test.shape[1:])}")
     return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
             "classes": np.array(classes)}
 
@@ -122,8 +131,7 @@ def load_imagefolder(name: str, folder: Path, data_root: Path) -> Splits:
     from mlscale.sources._arrays import splits_from_arrays
     from mlscale.sources._npz import KEYS
 
-    if not folder.is_dir():
-        raise MlscaleError(f"imagefolder {folder} does not exist")
+    check_imagefolder(folder)
     cached = cache_path(folder, data_root)
     arrays: dict[str, np.ndarray] | None = None
     if cached.is_file():
@@ -146,5 +154,6 @@ def load_imagefolder(name: str, folder: Path, data_root: Path) -> Splits:
 
 def imagefolder_sizes(folder: Path) -> tuple[int, int]:
     """(train, test) image counts, without decoding anything."""
+    check_imagefolder(folder)
     sizes = tuple(len(_samples(folder, split)[1]) for split in SPLITS)
     return sizes[0], sizes[1]

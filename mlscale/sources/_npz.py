@@ -8,18 +8,19 @@ from typing import TYPE_CHECKING
 
 from mlscale.errors import MlscaleError, first_line
 from mlscale.sources._arrays import splits_from_arrays
+from mlscale.sources._paths import check_path
 
 if TYPE_CHECKING:
     from mlscale.data import Splits
 
-__all__ = ["KEYS", "load_npz", "npz_sizes"]
+__all__ = ["KEYS", "check_npz_file", "load_npz", "npz_sizes"]
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def _check_file(path: Path) -> None:
-    if not path.is_file():
-        raise MlscaleError(f"npz dataset {path} does not exist")
+def check_npz_file(path: Path) -> None:
+    """A one-line error unless ``path`` is a zip archive (what ``np.savez`` writes)."""
+    check_path("npz", path)
     if not zipfile.is_zipfile(path):
         raise MlscaleError(f"{path} is not a NumPy .npz archive (not a zip file)")
 
@@ -28,7 +29,7 @@ def load_npz(name: str, path: Path) -> Splits:
     """Read the four arrays without pickle (``allow_pickle=False``) and check them."""
     import numpy as np
 
-    _check_file(path)
+    check_npz_file(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in KEYS if key not in archive.files]
@@ -45,7 +46,7 @@ def npz_sizes(path: Path) -> tuple[int, int]:
     """(train, test) sample counts from the label arrays' headers, without loading them."""
     import numpy as np
 
-    _check_file(path)
+    check_npz_file(path)
     sizes = []
     with zipfile.ZipFile(path) as archive:
         for key in ("y_train", "y_test"):
