@@ -392,3 +392,34 @@ def test_a_family_that_fails_at_some_dials_fails_those_trials_with_the_reason(
     assert failed.user_attrs["fail_reason"] == (
         "family brittle:net: a training step failed at width=1.0, depth=1: ValueError: too "
         "wide to train")
+
+
+def test_a_search_on_other_data_of_the_same_name_is_refused_before_its_parent_run(
+    fresh_store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two shapes.npz files of different content: the second's search writes no run."""
+    from _byo import write_npz
+
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+    first = write_npz(tmp_path / "one" / "shapes.npz")
+    other = write_npz(tmp_path / "two" / "shapes.npz", train=400)
+    grid = {"name": "shapes", "families": ["lenet5"], "sampler": "grid", "pruner": "none",
+            "budget_flops": 1e10, "val_size": 80, "latency_seconds": 0.01,
+            "search_space": {"width": [0.5], "depth": [1], "train_size": [200],
+                             "epochs": [1], "lr": [3e-3]}}
+    runs = MlflowClient(fresh_store).search_runs
+    for source, study in ((first, "first"), (other, "second")):
+        pipeline = tmp_path / f"{study}.yaml"
+        pipeline.write_text(yaml.safe_dump(grid | {"dataset": f"npz:{source}"}))
+        code, _, err = run_main(capsys, "search", str(pipeline), "--study", study,
+                                "--storage", _storage(tmp_path))
+        if study == "first":
+            assert code == 0, err
+            experiment = MlflowClient(fresh_store).get_experiment_by_name("mlscale-npz-shapes")
+            assert experiment is not None
+            before = len(runs([experiment.experiment_id]))
+    assert code == 1
+    assert err.startswith("Error: the experiment mlscale-npz-shapes holds runs of other data "
+                          "named npz-shapes: "), err
+    assert len(runs([experiment.experiment_id])) == before

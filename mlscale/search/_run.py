@@ -118,8 +118,9 @@ def run_search(
     import optuna
 
     from mlscale.data import load
-    from mlscale.registry import experiment_id
+    from mlscale.registry import check_one_dataset, experiment_id
     from mlscale.search._study_runs import close_orphan_runs, create_parent_run, resume_parent_run
+    from mlscale.sources import resolved_source
 
     # Errors only: a failed trial's reason is its user attribute and the progress line,
     # not Optuna's warning with the traceback.
@@ -138,6 +139,7 @@ def run_search(
         if amount and min_cost > amount:
             raise MlscaleError(f"{limit} of {amount:.3g} training FLOPs is too small: the "
                                f"cheapest trial this pipeline allows costs {min_cost:.3g}")
+    data = data if data is not None else load(pipeline.dataset)
     rdb = _storage(storage_url, heartbeat_interval, on_stale)
     directions = [optuna.study.StudyDirection.MINIMIZE] * len(pipeline.objectives)
 
@@ -164,7 +166,11 @@ def run_search(
             raise MlscaleError(conflict)
         if DATASET not in study.user_attrs:  # new, or begun before studies named their data
             study.set_user_attr(DATASET, pipeline.dataset)
-        exp_id = experiment_id(settings, settings.experiment_name(pipeline.dataset))
+        exp_name = settings.experiment_name(pipeline.dataset)
+        exp_id = experiment_id(settings, exp_name)
+        if data.info.fingerprint:  # a user source: its experiment must hold only its data
+            check_one_dataset(settings, (exp_id, exp_name), None,
+                              resolved_source(pipeline.dataset), data.info.fingerprint)
         if created:
             parent_run_id = shared_parent_run(study, True, PARENT_RUN, new_parent_run)
     if not created:
@@ -175,7 +181,6 @@ def run_search(
                   file=sys.stderr)
     study.sampler = _sampler(pipeline)
     study.pruner = _pruner(pipeline)
-    data = data if data is not None else load(pipeline.dataset)
     resume_parent_run(settings, parent_run_id)
     close_orphan_runs(settings, study, exp_id, parent_run_id)
     objective = _Objective(pipeline, settings, data, parent_run_id, name, on_training, costs)
