@@ -209,6 +209,17 @@ def test_an_empty_registry_is_a_one_line_error(capsys: pytest.CaptureFixture[str
     assert "the registry has no models for dataset 'mnist'" in err and err.count("\n") == 1
 
 
+def test_a_dataset_without_models_names_the_datasets_the_registry_holds(
+        capsys: pytest.CaptureFixture[str], lenet_grid_store: str) -> None:
+    versions = len(MlflowClient(lenet_grid_store, lenet_grid_store).search_model_versions())
+    code, _, err = run_main(capsys, "budget", "--flops", "1e15", "--dataset", "fashion-mnist",
+                            "--tracking-uri", lenet_grid_store)
+    assert code == 1
+    assert err == ("Error: the registry has no models for dataset 'fashion-mnist'; it holds "
+                   f"models of mnist ({versions} versions): pass --dataset (a user dataset by "
+                   "its source, e.g. npz:PATH)\n")
+
+
 def _synthetic_frame(seed: int = 0) -> pd.DataFrame:
     """A models_frame of two families: lenet5 with 30 runs on a clean law, vgg_mini with 7
     runs so noisy that its fit is weak."""

@@ -186,6 +186,10 @@ def test_families_filter_and_bad_input(lenet_grid_store: str, tmp_path: Path,
                             lenet_grid_store)
     assert code == 1 and err.startswith("Error: no runs of resnet_mini") and len(
         err.splitlines()) == 1
+    code, _, err = run_main(capsys, "report", "scaling", "--out", str(tmp_path / "three"),
+                            "--dataset", "fashion-mnist", "--tracking-uri", lenet_grid_store)
+    assert code == 1 and err.startswith("Error: the registry has no models for dataset "
+                                        "'fashion-mnist'; it holds models of mnist ("), err
 
 
 def test_an_experiment_gives_its_finished_runs(lenet_grid_store: str, tmp_path: Path,

@@ -318,7 +318,7 @@ def load_registry_model(settings: MlflowSettings, dataset: str, *, refresh: bool
     """
     from importlib.metadata import version
 
-    from mlscale.registry import models_frame
+    from mlscale.registry import models_frame, no_models_message
 
     fingerprint = registry_fingerprint(settings)
     source = split_source(dataset)  # a user source's relative path: keyed by where it is
@@ -335,8 +335,10 @@ def load_registry_model(settings: MlflowSettings, dataset: str, *, refresh: bool
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a damaged or foreign cache file is rebuilt below
     on_status("reading the registry")
-    model = build_registry_model(models_frame(settings, dataset=dataset), dataset, fingerprint,
-                                 on_status)
+    frame = models_frame(settings, dataset=dataset)
+    if frame.empty:
+        raise MlscaleError(no_models_message(settings, dataset))
+    model = build_registry_model(frame, dataset, fingerprint, on_status)
     write_json(path, {"stamp": stamp, "model": model.to_dict()})
     return model, False
 

@@ -11,7 +11,12 @@ expect. ``mlscale.workflow`` writes runs and versions; this module opens, names 
 
 from __future__ import annotations
 
-from mlscale.registry._frame import NUMERIC_COLUMNS, frame_to_json, models_frame
+from mlscale.registry._frame import (
+    NUMERIC_COLUMNS,
+    frame_to_json,
+    models_frame,
+    no_models_message,
+)
 from mlscale.registry._one_dataset import DATASET_FINGERPRINT, DATASET_SOURCE, check_one_dataset
 from mlscale.registry._settings import (
     MlflowSettings,
@@ -53,6 +58,7 @@ __all__ = [
     "load_settings",
     "mlflow_errors",
     "models_frame",
+    "no_models_message",
     "register_version",
     "resolve_version",
 ]

@@ -59,6 +59,19 @@ def models_frame(settings: MlflowSettings, *, dataset: str | None = None,
                              ascending=[False, True, True]).reset_index(drop=True)
 
 
+def no_models_message(settings: MlflowSettings, dataset: str) -> str:
+    """Why a command finds nothing for ``dataset``, naming the datasets the registry does
+    hold (a user with only their own data registered would otherwise be told about MNIST)."""
+    held = models_frame(settings)["dataset"].value_counts()
+    if held.empty:
+        return (f"the registry has no models for dataset {dataset!r}; register some first, "
+                "e.g. mlscale search pipelines/lenet_scaling.yaml")
+    counts = ", ".join(f"{name} ({count} version{'s' if count > 1 else ''})"
+                       for name, count in held.items())
+    return (f"the registry has no models for dataset {dataset!r}; it holds models of "
+            f"{counts}: pass --dataset (a user dataset by its source, e.g. npz:PATH)")
+
+
 def frame_to_json(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Records with NaN as null and timestamps as ISO strings."""
     return json.loads(frame.to_json(orient="records", date_format="iso"))

@@ -61,7 +61,7 @@ def scaling_points(settings: MlflowSettings, *, experiment: str | None = None,
     the registered models of ``dataset``, or the finished runs of ``experiment``."""
     import numpy as np
 
-    from mlscale.registry import models_frame
+    from mlscale.registry import models_frame, no_models_message
     from mlscale.scaling import points_from_experiment
 
     if experiment is not None:
@@ -69,6 +69,8 @@ def scaling_points(settings: MlflowSettings, *, experiment: str | None = None,
         source = f"finished runs of experiment {experiment!r} in {settings.tracking_uri}"
     else:
         frame = models_frame(settings, dataset=dataset)
+        if frame.empty and dataset is not None:
+            raise MlscaleError(no_models_message(settings, dataset))
         points = frame.rename(columns={"params": "N", "samples_seen": "D", "train_flops": "C",
                                        "test_loss": "loss", "test_accuracy": "accuracy",
                                        "train_size": "unique", "model_uri": "run"})
