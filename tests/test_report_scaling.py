@@ -407,3 +407,17 @@ def test_the_compute_frontier_names_each_decades_holder() -> None:
                for d in frontier["decades"]]
     assert holders == [(1e10, "b", "b"), (1e11, "a", "a"), (1e12, "a", "b")]
     assert frontier["loss_front"]["C"].tolist() == [2e9, 5e9, 3e10]
+
+
+def test_the_summary_prints_a_family_whose_exponents_are_not_all_estimated(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A joint law with an allocation exponent but no alpha or beta (they ran off) once
+    crashed the command after its report was written."""
+    from mlscale.report._scaling import ScalingReportResult, print_summary
+
+    study = {"runs": 12, "exponents": [{
+        "family": "resnet_mini", "alpha": {"value": None}, "beta": None,
+        "a": {"value": 0.5, "lower": None, "upper": 0.9}}], "families": {}}
+    print_summary(ScalingReportResult(tmp_path / "r.html", tmp_path / "r.md", [], study, None))
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "resnet_mini: alpha n/a, beta n/a, a 0.500 [n/a, 0.900]")

@@ -362,7 +362,7 @@ def test_a_study_resumed_on_another_dataset_is_refused(
     code, _, err = run_main(capsys, "search", str(_write_pipeline(tmp_path, budget_flops=2e9)),
                             "--storage", storage)
     assert code == 0
-    assert err.startswith(f"resuming study tiny: {len(before)} trials so far, "), err
+    assert err.startswith(f"study tiny has {len(before)} trials so far; "), err
 
 
 def test_a_family_that_fails_at_some_dials_fails_those_trials_with_the_reason(
@@ -423,3 +423,35 @@ def test_a_search_on_other_data_of_the_same_name_is_refused_before_its_parent_ru
     assert err.startswith("Error: the experiment mlscale-npz-shapes holds runs of other data "
                           "named npz-shapes: "), err
     assert len(runs([experiment.experiment_id])) == before
+    assert optuna.study.get_all_study_names(_storage(tmp_path)) == ["first"]
+    # the same content elsewhere (another checkout, another machine) resumes the study
+    (tmp_path / "three").mkdir()
+    moved = tmp_path / "three" / "shapes.npz"
+    moved.write_bytes(first.read_bytes())
+    pipeline = tmp_path / "moved.yaml"
+    pipeline.write_text(yaml.safe_dump(grid | {"dataset": f"npz:{moved}"}))
+    code, _, err = run_main(capsys, "search", str(pipeline), "--study", "first",
+                            "--storage", _storage(tmp_path))
+    assert code == 0, err
+
+
+def test_a_storage_that_fails_mid_search_is_one_line_naming_it(
+    fresh_store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a PostgreSQL server stopped mid-search gives Optuna's calls (it had been an
+    'unexpected StorageInternalError ... please report this')."""
+    from optuna.exceptions import StorageInternalError
+
+    import mlscale.search._run
+
+    def storage_gone(*args: object) -> None:
+        raise StorageInternalError("An exception is raised during the commit.")
+
+    monkeypatch.setattr(mlscale.search._run, "_optimize_one", storage_gone)
+    code, _, err = run_main(capsys, "search", str(_write_pipeline(tmp_path)), "--storage",
+                            _storage(tmp_path))
+    assert code == 1
+    assert err == (f"Error: Optuna storage {_storage(tmp_path)} failed: An exception is raised "
+                   "during the commit.; run the same command again when it answers: finished "
+                   "trials are kept\n")

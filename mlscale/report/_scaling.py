@@ -229,7 +229,8 @@ def scaling_report(settings: MlflowSettings, out_dir: str | Path, *,
         metrics = {"runs": float(len(points)), "families": float(len(study["families"]))}
         for row in plain["exponents"]:
             metrics |= {f"{row['family']}_{key}": row[key]["value"]
-                        for key in ("alpha", "beta", "a") if row[key]}
+                        for key in ("alpha", "beta", "a")
+                        if row[key] and row[key]["value"] is not None}
         run_id = log_report(settings, [html_path, md_path, *plots], kind="scaling-report",
                             metrics=metrics)
     return ScalingReportResult(html_path, md_path, plots, plain, run_id)
@@ -239,11 +240,15 @@ def print_summary(result: ScalingReportResult) -> None:
     """A few lines for people: the exponents per family and where the files went."""
     import click
 
+    def shown(estimate: dict[str, Any] | None, key: str = "value") -> str:
+        value = None if not estimate else estimate.get(key)
+        return "n/a" if value is None else f"{value:.3f}"
+
     for row in result.study["exponents"]:
         a = row["a"]
         click.echo(f"{row['family']}: " + (
-            f"alpha {row['alpha']['value']:.3f}, beta {row['beta']['value']:.3f}, "
-            f"a {a['value']:.3f} [{a['lower']:.3f}, {a['upper']:.3f}]" if a else
+            f"alpha {shown(row['alpha'])}, beta {shown(row['beta'])}, "
+            f"a {shown(a)} [{shown(a, 'lower')}, {shown(a, 'upper')}]" if a else
             result.study["families"][row["family"]]["fits"]["nd"]["error"]))
     click.echo(f"scaling report of {result.study['runs']} runs: {result.html.resolve()}")
     click.echo(f"markdown: {result.markdown.resolve()}")

@@ -11,7 +11,9 @@ PRUNE_REASON = "prune_reason"
 WORKER = "worker"  # host:pid of the process that ran the trial
 PARENT_RUN = "mlflow_parent_run_id"
 # Study user attributes.
-DATASET = "dataset"  # the dataset the study's trials train on (a user source anchored)
+DATASET = "dataset"  # the name of the dataset the study's trials train on
+DATA_FINGERPRINT = "dataset_fingerprint"  # a user source's content hash (none: built-in)
+STOP_REASON = "stop_reason"  # why the last worker to finish ended the search
 COST_PRUNE_LIMIT = 30  # consecutive unaffordable proposals that end a search
 FAILURE_LIMIT = 5  # consecutive failed trials (a store down, a broken model) that stop a worker
 STORE_WAIT_S = 120.0  # how long a worker waits for an MLflow store that stopped answering

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mlscale.pipeline import KNOBS, Pipeline, Range
-from mlscale.search._attrs import DATASET
+from mlscale.search._attrs import DATA_FINGERPRINT, DATASET
 from mlscale.search._concurrency import (
     per_trial_seeds,
 )
@@ -39,20 +39,28 @@ def _knob_values(trial_params: dict[str, Any]) -> dict[str, Any]:
     return {name.partition(".")[0]: value for name, value in trial_params.items()}
 
 
-def resume_conflict(study: optuna.Study, pipeline: Pipeline) -> str | None:
-    """Why the pipeline cannot resume ``study``, or None.
+def resume_conflict(study: optuna.Study, pipeline: Pipeline, fingerprint: str) -> str | None:
+    """Why the pipeline, whose data has content ``fingerprint``, cannot resume ``study``,
+    or None.
 
-    Its trials must train on the same dataset (else the best model, the budget and the
-    sampler's history would mix two problems), and Optuna fixes a parameter's kind
-    (float, int, categorical) and a categorical's choices at its first trial and fails
-    every later trial that proposes it otherwise, so a pipeline whose families or choices
-    changed must start a new study rather than spend trials on failures."""
+    Its trials must train on the same data (else the best model, the budget and the
+    sampler's history would mix two problems): the same dataset name and, for a user
+    source, the same content wherever its files are (workers on other machines see other
+    paths). Optuna fixes a parameter's kind (float, int, categorical) and a categorical's
+    choices at its first trial and fails every later trial that proposes it otherwise, so
+    a pipeline whose families or choices changed must start a new study rather than spend
+    trials on failures."""
     from optuna.distributions import CategoricalDistribution
 
-    stored_dataset = study.user_attrs.get(DATASET)
-    if stored_dataset is not None and stored_dataset != pipeline.dataset:
-        return (f"study {study.study_name} trains on {stored_dataset}; this pipeline names "
-                f"{pipeline.dataset}: pass --study NEW for the other dataset")
+    from mlscale.names import dataset_name
+
+    name, attrs = dataset_name(pipeline.dataset), study.user_attrs
+    if attrs.get(DATASET, name) != name:
+        return (f"study {study.study_name} trains on {attrs[DATASET]}; this pipeline names "
+                f"{name}: pass --study NEW for the other dataset")
+    if attrs.get(DATA_FINGERPRINT, fingerprint) != fingerprint:
+        return (f"study {study.study_name} trains on other data named {name} (content "
+                f"{attrs[DATA_FINGERPRINT]}, not {fingerprint}): pass --study NEW for it")
     wanted = _distributions(pipeline)
     seen: set[str] = set()
     for trial in study.get_trials(deepcopy=False):

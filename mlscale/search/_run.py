@@ -15,12 +15,14 @@ from mlscale.errors import MlscaleError, first_line
 from mlscale.pipeline import Pipeline
 from mlscale.search._attrs import (
     COST_PRUNE_LIMIT,
+    DATA_FINGERPRINT,
     DATASET,
     FAILURE_LIMIT,
     PARENT_RUN,
     PRUNE_REASON,
     RUN_ID,
     SPENT,
+    STOP_REASON,
     STORE_WAIT_S,
     stale_after_s,
 )
@@ -116,8 +118,11 @@ def run_search(
     reason ``interrupted`` and kills its run before it propagates.
     """
     import optuna
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import SQLAlchemyError
 
     from mlscale.data import load
+    from mlscale.names import dataset_name
     from mlscale.registry import check_one_dataset, experiment_id
     from mlscale.search._study_runs import close_orphan_runs, create_parent_run, resume_parent_run
     from mlscale.sources import resolved_source
@@ -152,6 +157,11 @@ def run_search(
              "pruner": pipeline.pruner, "objectives": ",".join(pipeline.objectives),
              "families": ",".join(pipeline.families)})
 
+    exp_name = settings.experiment_name(pipeline.dataset)
+    exp_id = experiment_id(settings, exp_name)
+    if data.info.fingerprint:  # a user source: its experiment must hold only its data
+        check_one_dataset(settings, (exp_id, exp_name), None,
+                          resolved_source(pipeline.dataset), data.info.fingerprint)
     # The study's creator names its parent run before a signal can stop it in between.
     with deferred_signals():
         try:
@@ -162,23 +172,21 @@ def run_search(
             raise store_error(storage_url, error) from None
         if list(study.directions) != directions:
             raise MlscaleError(f"study {name} exists with other objectives; pass --study NEW")
-        if not created and (conflict := resume_conflict(study, pipeline)) is not None:
+        if not created and (conflict := resume_conflict(study, pipeline,
+                                                        data.info.fingerprint)) is not None:
             raise MlscaleError(conflict)
         if DATASET not in study.user_attrs:  # new, or begun before studies named their data
-            study.set_user_attr(DATASET, pipeline.dataset)
-        exp_name = settings.experiment_name(pipeline.dataset)
-        exp_id = experiment_id(settings, exp_name)
-        if data.info.fingerprint:  # a user source: its experiment must hold only its data
-            check_one_dataset(settings, (exp_id, exp_name), None,
-                              resolved_source(pipeline.dataset), data.info.fingerprint)
+            study.set_user_attr(DATASET, dataset_name(pipeline.dataset))
+            if data.info.fingerprint:
+                study.set_user_attr(DATA_FINGERPRINT, data.info.fingerprint)
         if created:
             parent_run_id = shared_parent_run(study, True, PARENT_RUN, new_parent_run)
     if not created:
         parent_run_id = shared_parent_run(study, False, PARENT_RUN, new_parent_run)
         if trials := study.get_trials(deepcopy=False):
-            print(f"resuming study {name}: {len(trials)} trials so far, "
-                  f"{_spent_flops(trials):.3g} of {pipeline.budget_flops:.3g} FLOPs spent",
-                  file=sys.stderr)
+            print(f"study {name} has {len(trials)} trial{'s' if len(trials) > 1 else ''} so "
+                  f"far; {committed_flops(trials):.3g} of {pipeline.budget_flops:.3g} FLOPs "
+                  "spent or reserved by running trials", file=sys.stderr)
     study.sampler = _sampler(pipeline)
     study.pruner = _pruner(pipeline)
     resume_parent_run(settings, parent_run_id)
@@ -197,8 +205,13 @@ def run_search(
                 status = "FAILED"
                 raise MlscaleError(f"search stopped: its last trials all failed with: {reason}")
         summary = _summarise(study, pipeline, storage_url, parent_run_id, stop)
+        study.set_user_attr(STOP_REASON, stop)
         status = "FINISHED"
         return summary
+    except (StorageInternalError, SQLAlchemyError) as error:  # the storage went away
+        raise MlscaleError(f"Optuna storage {masked_url(storage_url)} failed: "
+                           f"{first_line(error, 300)}; run the same command again when it "
+                           "answers: finished trials are kept") from None
     except KeyboardInterrupt:
         status = "KILLED"
         _fail_interrupted(objective)
@@ -227,10 +240,8 @@ def study_summary(pipeline: Pipeline, *, storage: str | None = None,
         raise MlscaleError(f"study {name} is not in {masked_url(storage_url)}") from None
     except Exception as error:  # SQLAlchemy's many connection/URL errors
         raise store_error(storage_url, error) from None
-    stop = _stop_reason(study, pipeline, _unaffordable_tail(study, pipeline),
-                        _min_trial_cost(pipeline, _Costs(pipeline)))
     return _summarise(study, pipeline, storage_url, str(study.user_attrs.get(PARENT_RUN, "")),
-                      stop or "")
+                      str(study.user_attrs.get(STOP_REASON, "")))
 
 
 def _optimize_one(study: optuna.Study, objective: _Objective, heartbeat_interval: int) -> None:
