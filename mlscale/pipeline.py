@@ -219,7 +219,8 @@ def parse_pipeline(raw: Any, source: str = "<pipeline>") -> Pipeline:
     family_space = {family: _parse_space(f"families.{family}", spec, FAMILY_KNOBS)
                     for family, spec in families.items()}
     _check_dataset(raw["dataset"])  # after the keys: a typo is named before data is read
-    _fill_declared_ranges(space, family_space)
+    if raw.get("sampler") != "grid":  # a grid's points are lists the pipeline writes
+        _fill_declared_ranges(space, family_space)
     _check_space(space, family_space)
     budget = _number("budget_flops", raw["budget_flops"])
     _check_positive("budget_flops", budget)
@@ -289,15 +290,19 @@ def _parse_families(raw: Any) -> Mapping[str, Any]:
 
 def _fill_declared_ranges(space: Mapping[str, Range],
                           family_space: dict[str, dict[str, Range]]) -> None:
-    """A family's own declared width and depth ranges where the pipeline gives none (the
-    width searched on a log scale, as width multipliers are)."""
+    """A family's own declared width and depth ranges where the pipeline gives none, read
+    as if written under ``families.NAME`` (the width on a log scale where it starts above 0,
+    as width multipliers are searched)."""
     from mlscale.models import model_spec
 
     for family, own in family_space.items():
         for knob in ("width", "depth"):
             declared = model_spec(family).finite_range(knob)
             if knob not in space and knob not in own and declared is not None:
-                own[knob] = Range(low=declared[0], high=declared[1], log=knob == "width")
+                low, high = declared
+                own[knob] = _parse_range(
+                    f"families.{family}.{knob} (the family's declared {knob}_range)", knob,
+                    {"low": low, "high": high, "log": knob == "width" and low > 0})
 
 
 def _check_space(space: Mapping[str, Range],

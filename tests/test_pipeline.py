@@ -222,6 +222,16 @@ def test_a_family_searches_its_own_declared_ranges_where_the_pipeline_gives_none
                        r"search_space\.width or families\.open_dials:net\.width, or declare "
                        r"width_range on the family's builder\)"):
         parse_pipeline(raw)
+    (tmp_path / "from_zero.py").write_text(
+        (tmp_path / "open_dials.py").read_text() + "net.width_range = (0.0, 4.0)\n")
+    raw["families"] = ["from_zero:net"]
+    with pytest.raises(MlscaleError, match=r"families\.from_zero:net\.width \(the family's "
+                       r"declared width_range\)\.low: must be > 0, got 0\.0"):
+        parse_pipeline(raw)
+    grid = _valid() | {"sampler": "grid"}
+    grid["search_space"] = {"depth": [1], "train_size": [500], "epochs": [1]}
+    with pytest.raises(MlscaleError, match=r"families\.lenet5: no width range"):
+        parse_pipeline(grid)
 
 
 def test_a_misspelt_key_is_named_before_the_dataset_is_read() -> None:

@@ -207,7 +207,8 @@ def test_an_empty_registry_is_a_one_line_error(fresh_store: str, tmp_path: Path,
 
     client(load_settings(fresh_store))  # an existing store with nothing in it
     code, _, err = run_main(capsys, "report", "scaling", "--out", str(tmp_path))
-    assert code == 1 and err.startswith("Error: no runs with params") and err.count("\n") == 1
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("Error: the registry has no models for dataset 'mnist'")
 
 
 LAWS = {"log": lambda n: 2.0 - 0.1 * np.log(n), "power": lambda n: 0.05 + 30 * n**-0.5,
@@ -421,3 +422,18 @@ def test_the_summary_prints_a_family_whose_exponents_are_not_all_estimated(
     print_summary(ScalingReportResult(tmp_path / "r.html", tmp_path / "r.md", [], study, None))
     assert capsys.readouterr().out.splitlines()[0] == (
         "resnet_mini: alpha n/a, beta n/a, a 0.500 [n/a, 0.900]")
+
+
+def test_regimes_flat_from_merged_smallest_sizes_say_saturated_throughout() -> None:
+    """Two smallest sizes 4% apart merge into one knot at their mean: a crossing there is
+    the first run, not a sliver of 'small' below 1,020 parameters."""
+    from mlscale.report._scaling_page import _regime_text
+    from mlscale.scaling import locate_regimes, middle_regime
+
+    points = pd.DataFrame({"arch": ["a"] * 5, "N": [1000, 1040, 5000, 2e4, 1e5],
+                           "accuracy": [0.9] * 5, "C": [1.0] * 5, "loss": [0.3] * 5})
+    regimes = locate_regimes(points)
+    assert middle_regime(regimes) == "none"
+    assert _regime_text({"regimes": regimes}).endswith(
+        "Here: large (saturated) over the whole range (1,000-100,000 parameters): 10x more "
+        "parameters never buy 0.1 points.")

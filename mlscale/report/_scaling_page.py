@@ -28,9 +28,12 @@ def _colours(study: dict[str, Any]) -> dict[str, str]:
 def _shade_regimes(axes: Any, regimes: Any, low: float, high: float) -> None:
     """Shade the three regimes along the parameter axis (the large one is saturation; a
     middle regime too narrow to speak of is not drawn)."""
-    from mlscale.scaling import middle_regime
+    from mlscale.scaling import curve_start, middle_regime
 
-    edges = [low, regimes.small_until or high, regimes.saturated_from or high, high]
+    def edge(crossing: float | None) -> float:  # at the curve's start: from the first run
+        return high if crossing is None else low if crossing <= curve_start(regimes) else crossing
+
+    edges = [low, edge(regimes.small_until), edge(regimes.saturated_from), high]
     edges[1] = min(edges[1], edges[2])
     narrow = middle_regime(regimes) == "narrow"
     for (name, colour), left, right in zip(REGIME_SHADES, edges, edges[1:], strict=False):
@@ -165,19 +168,19 @@ def _saturation_table(study: dict[str, Any]) -> tuple[list[str], list[list[str]]
 def _regime_text(study: dict[str, Any]) -> str:
     """The rule, then where the regimes lie; without a middle regime to speak of (both
     crossings on one bend of the curve, or between the same two runs) it says so."""
-    from mlscale.scaling import middle_regime
+    from mlscale.scaling import curve_start, middle_regime
 
     regimes = study["regimes"]
     if isinstance(regimes, dict):
         return f"Regimes {regimes['error']}."
     sizes = regimes.frontier["N"]
-    low, high = float(sizes.min()), float(sizes.max())
+    low, high, first = float(sizes.min()), float(sizes.max()), curve_start(regimes)
     small, large = regimes.small_until, regimes.saturated_from
     middle = middle_regime(regimes)
     if small is None:
         here = (f"small over the whole range ({low:,.0f}-{high:,.0f} parameters), 10x more "
                 f"parameters buying at least 1 point throughout; not saturated")
-    elif large is not None and large <= low:
+    elif large is not None and large <= first:
         here = (f"large (saturated) over the whole range ({low:,.0f}-{high:,.0f} "
                 f"parameters): 10x more parameters never buy 0.1 points")
     elif large is not None and middle == "narrow":
@@ -191,7 +194,7 @@ def _regime_text(study: dict[str, Any]) -> str:
                 f"gain per 10x falls from over 1 point to under 0.1 points between them")
     else:
         start = (f"no small regime (10x more parameters never buy 1 point past the gain's "
-                 f"peak); middle from {low:,.0f}" if small <= low else
+                 f"peak); middle from {low:,.0f}" if small <= first else
                  f"small below {small:,.0f} parameters; middle from {small:,.0f}")
         here = (f"{start}; not saturated within the data ({high:,.0f} parameters)"
                 if large is None else f"{start} to {large:,.0f}; large (saturated) from "

@@ -37,6 +37,7 @@ __all__ = [
     "Regimes",
     "Saturation",
     "best_by",
+    "curve_start",
     "family_saturation",
     "frontier_holders",
     "locate_regimes",
@@ -191,6 +192,11 @@ def locate_regimes(runs: pd.DataFrame) -> Regimes:
                    curve)
 
 
+def curve_start(regimes: Regimes) -> float:
+    """Where the regimes' curve begins: a crossing there holds from the smallest run on."""
+    return float(regimes.curve["x"].iloc[0])
+
+
 def middle_regime(regimes: Regimes) -> str:
     """What the middle regime holds: "none" without both crossings (or with no small
     regime), "narrow" when it spans under ``MIDDLE_MIN_DECADES`` (the gain falls from 1
@@ -198,7 +204,9 @@ def middle_regime(regimes: Regimes) -> str:
     flat at a run), "empty" when no run lies in it, else "runs"."""
     small, large = regimes.small_until, regimes.saturated_from
     sizes = regimes.frontier["N"].to_numpy(dtype=float)
-    if small is None or large is None or small <= sizes.min():
+    # A crossing at the curve's start (the smallest sizes merged: their mean) means "from
+    # the first size on"
+    if small is None or large is None or small <= curve_start(regimes):
         return "none"
     if math.log10(large / small) < MIDDLE_MIN_DECADES:
         return "narrow"
