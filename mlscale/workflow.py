@@ -159,22 +159,33 @@ def train_and_register(
     return TrainingOutcome(result, exported, latency, run_id, version, clock.laps)
 
 
-@functools.lru_cache(maxsize=64)
 def _check_family(arch: str, width: float, depth: int, input_shape: tuple[int, int, int],
                   num_classes: int) -> None:
     """The family built at its dials for the data's shape (a user's: its output shape and
     a training step too, by ``cost_of``) and exported to ONNX untrained, so that a model
-    that cannot train or export fails before its run, not after training. Once per model
-    shape in a process: a search trains the same shapes on other subsets."""
+    that cannot train or export fails before its run, not after training. A zoo family's
+    width changes only its channel counts, so it is checked once per depth and data shape
+    (a search proposes a new width almost every trial); a user's family at every width."""
+    from mlscale.models import model_spec
+
+    _check_built(arch, width if model_spec(arch).source else None, depth, input_shape,
+                 num_classes)
+
+
+@functools.lru_cache(maxsize=64)
+def _check_built(arch: str, width: float | None, depth: int,
+                 input_shape: tuple[int, int, int], num_classes: int) -> None:
+    """``_check_family`` once per model shape in a process (``width`` None: the default)."""
     from mlscale.export import check_exportable
     from mlscale.measure import cost_of
-    from mlscale.models import get_model, model_spec
+    from mlscale.models import get_model
 
-    if model_spec(arch).source:  # the zoo's families are known to train
+    if width is not None:  # a user's family: it may fail in train mode or its backward
         cost_of(arch, width, depth, input_shape, num_classes)
     model = get_model(arch, width=width, depth=depth, in_channels=input_shape[0],
                       num_classes=num_classes, image_size=input_shape[1])
-    check_exportable(model, input_shape, f"family {arch} at width={width}, depth={depth}")
+    dials = f"width={width}, depth={depth}" if width is not None else f"depth={depth}"
+    check_exportable(model, input_shape, f"family {arch} at {dials}")
 
 
 def _data_tags(dataset: str, info: DatasetInfo) -> dict[str, str]:

@@ -12,6 +12,7 @@ from torch import nn
 
 import mlscale.models as models
 from mlscale.errors import MlscaleError
+from mlscale.latency import available_memory
 from mlscale.models._registry import scale_channels
 from mlscale.models.efficientnet import MBConv
 from mlscale.models.lenet import LeNet
@@ -172,6 +173,8 @@ def test_lenet5_rejects_images_too_small_for_its_two_pools() -> None:
     assert _one_line_error(name="lenet5", image_size=8) == "LeNet needs image_size >= 12, got 8"
 
 
+@pytest.mark.skipif(available_memory() is None,
+                    reason="this system does not say how much memory is available")
 def test_a_model_too_large_to_train_here_is_refused_before_it_is_allocated(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A user family with open dial ranges takes any width; 1e11 would need 233 TiB."""

@@ -84,7 +84,8 @@ def test_model_selection(lenet_grid_store: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["--models", "mnist-transformer"], "no registered model version matches 'mnist-transformer'"),
     (["--models", "models:/mnist-lenet5/999"], "matches 'models:/mnist-lenet5/999'"),
-    (["--dataset", "fashion-mnist"], "no registered models in"),
+    (["--dataset", "fashion-mnist"],
+     "the registry has no models for dataset 'fashion-mnist'; it holds models of mnist"),
 ])
 def test_bad_report_input(capsys: pytest.CaptureFixture[str], lenet_grid_store: str,
                           tmp_path: Path, args: list[str], message: str) -> None:

@@ -111,6 +111,12 @@ def test_the_fingerprint_is_the_content_wherever_the_files_are(tmp_path: Path) -
     assert load_source(f"imagefolder:{copied}").info.fingerprint == load_source(
         f"imagefolder:{folder}").info.fingerprint
     assert dataset_info("mnist").fingerprint == ""  # a built-in is known by its name
+    (tmp_path / "d").mkdir()
+    grey, grey_test = shapes(480, 0)[0][:, :1], shapes(160, 1)[0][:, :1]
+    as_4d = write_npz(tmp_path / "d" / "grey.npz", x_train=grey, x_test=grey_test)
+    as_3d = write_npz(tmp_path / "e.npz", x_train=grey[:, 0], x_test=grey_test[:, 0])
+    assert load_source(f"npz:{as_3d}").info.fingerprint == load_source(
+        f"npz:{as_4d}").info.fingerprint  # (N, H, W) is (N, 1, H, W)
 
 
 def test_npz_that_needs_pickle_or_is_not_an_archive(tmp_path: Path) -> None:

@@ -261,8 +261,7 @@ def build_registry_model(frame: pd.DataFrame, dataset: str, fingerprint: str,
     unique = info.train_samples - default_val_size(info.train_samples)
     frame = frame[frame["dataset"] == dataset_name(dataset)]
     if frame.empty:
-        raise MlscaleError(f"the registry has no models for dataset {dataset!r}; register some "
-                           "first, e.g. mlscale search pipelines/lenet_scaling.yaml")
+        raise MlscaleError(f"the frame has no models of dataset {dataset!r}")
     pooled = LatencyModel.fit(frame, pooled=True)
     families, skipped, eligible = {}, {}, {}
     for family, group in frame.groupby("arch", sort=True):

@@ -240,14 +240,14 @@ def latency_report(settings: MlflowSettings, out_dir: str | Path, *,
                    log: bool = True) -> ReportResult:
     """Write the report for the registered versions (all, or ``models``) into ``out_dir``
     and, with ``log``, record it as an MLflow run in the ``mlscale-reports`` experiment."""
-    from mlscale.registry import client, models_frame
+    from mlscale.registry import client, models_frame, no_models_message
 
     out = out_folder(out_dir)
     frame = select_models(models_frame(settings, dataset=dataset), models)
     if frame.empty:
-        raise MlscaleError(f"no registered models in {settings.tracking_uri}"
-                           + (f" for dataset {dataset!r}" if dataset else "")
-                           + "; train or search first")
+        raise MlscaleError(no_models_message(settings, dataset) if dataset else
+                           f"no registered models in {settings.tracking_uri}; train or "
+                           "search first")
     client(settings)  # points mlflow at the stores before artifacts are read
     reports = _load_latency(frame)
     summary = _summary_frame(frame, reports)

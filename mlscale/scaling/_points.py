@@ -75,6 +75,7 @@ def points_from_experiment(settings: MlflowSettings, experiment: str, *,
     """
     import pandas as pd
 
+    from mlscale.names import arch_name
     from mlscale.registry import client, mlflow_errors
 
     if target not in TARGETS:
@@ -93,8 +94,8 @@ def points_from_experiment(settings: MlflowSettings, experiment: str, *,
         metrics, params = run.data.metrics, run.data.params
         if target not in metrics or "samples_seen" not in metrics:
             continue  # a search's parent run, a fit, ...
-        if arch is not None and params.get("arch") != arch:
-            continue
+        if arch is not None and arch_name(params.get("arch", "")) != arch_name(arch):
+            continue  # module:builder or its registry name module.builder
         rows.append({"N": metrics["params"], "D": metrics["samples_seen"],
                      "C": metrics["train_flops"], "loss": metrics[target],
                      "accuracy": metrics.get("test_accuracy", float("nan")),

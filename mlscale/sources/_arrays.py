@@ -114,7 +114,9 @@ def splits_from_arrays(name: str, origin: str, x_train: np.ndarray, y_train: np.
     info = DatasetInfo(name=name, folder="", md5={}, mean=mean, std=std,
                        num_classes=num_classes, input_shape=(shape[0], shape[1], shape[2]),
                        train_samples=len(x_train),
-                       fingerprint=_fingerprint(x_train, y_train, x_test, y_test))
+                       fingerprint=_fingerprint(  # as (N, C, H, W) however they were saved
+                           x_train.reshape(-1, *shape), y_train, x_test.reshape(-1, *shape),
+                           y_test))
     return Splits(info, torch.from_numpy(x_train), torch.from_numpy(y_train),
                   torch.from_numpy(x_test), torch.from_numpy(y_test))
 
