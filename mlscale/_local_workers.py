@@ -2,7 +2,8 @@
 
 A convenience over starting the command N times: each child gets cores / N torch threads
 (through ``OMP_NUM_THREADS``), SIGTERM and SIGINT are passed on to every child, and the
-exit status is the first non-zero one among them.
+exit status is the first non-zero one among them. The storage URL (it may hold a password)
+reaches the children as ``$MLSCALE_STORAGE``, not in arguments every local user sees.
 """
 
 from __future__ import annotations
@@ -22,13 +23,30 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (cores or 1) // workers)
 
 
+def _storage_to_environment(args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``args`` without ``--storage URL``, and the environment that passes URL instead
+    (``mlscale search`` reads ``--storage`` from ``$MLSCALE_STORAGE``)."""
+    kept: list[str] = []
+    env: dict[str, str] = {}
+    rest = iter(args)
+    for arg in rest:
+        if arg == "--storage":
+            env["MLSCALE_STORAGE"] = next(rest, "")
+        elif arg.startswith("--storage="):
+            env["MLSCALE_STORAGE"] = arg.partition("=")[2]
+        else:
+            kept.append(arg)
+    return kept, env
+
+
 def run_workers(workers: int, search_args: list[str], capture: bool) -> tuple[int, list[str]]:
     """Run ``mlscale search SEARCH_ARGS`` in ``workers`` processes and wait for them all.
 
     Returns the exit status and, with ``capture``, each child's stdout.
     """
     threads = str(threads_per_worker(workers))
-    env = os.environ | {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    search_args, storage = _storage_to_environment(search_args)
+    env = os.environ | storage | {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     command = [sys.executable, "-m", "mlscale", "search", *search_args]
     children = [subprocess.Popen(command, env=env, text=True,
                                  stdout=subprocess.PIPE if capture else None)

@@ -362,7 +362,7 @@ def test_a_study_resumed_on_another_dataset_is_refused(
     code, _, err = run_main(capsys, "search", str(_write_pipeline(tmp_path, budget_flops=2e9)),
                             "--storage", storage)
     assert code == 0
-    assert err.startswith(f"study tiny has {len(before)} trials so far; "), err
+    assert err.startswith(f"study tiny has {len(before)} finished trials; "), err
 
 
 def test_a_family_that_fails_at_some_dials_fails_those_trials_with_the_reason(

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,6 +120,7 @@ def _assert_ledger(servers: Servers, name: str, budget: float = BUDGET) -> None:
     for version in versions.values():
         assert set(COST_CARD) <= set(version.tags)
     mlflow.set_tracking_uri(servers.tracking_uri)
+    mlflow.set_registry_uri(servers.tracking_uri)  # not one an earlier in-process test left
     with tempfile.TemporaryDirectory() as folder:
         version = next(iter(versions.values()))
         mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}",
@@ -238,7 +240,7 @@ def test_the_mlflow_server_going_away_fails_trials_cleanly_and_the_search_goes_o
     pipeline = _pipeline(tmp_path, budget_flops=5e9)
     worker = _worker(pipeline, servers, "outage")
     _wait_for(lambda: _training_trial(servers, "outage", worker.pid))
-    servers_module._stop_group(servers.mlflow_pid)
+    servers_module._stop_mlflow(servers)
     time.sleep(4)
     back = servers_module.up(Path(servers.folder))
     assert back.tracking_uri == servers.tracking_uri, "the server came back on its port"
@@ -287,3 +289,207 @@ def test_the_readers_work_unchanged_against_the_server(servers: Servers, tmp_pat
     assert code == 0
     assert err.strip() == (f"The MLflow server {servers.tracking_uri} serves the UI itself: "
                            f"open {servers.tracking_uri}/#/models")
+
+
+# What `up`, `status` and `down` do with stale records, orphans and unusable folders.
+
+SLEEP = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+
+def _sleeper(*args: str) -> subprocess.Popen[bytes]:
+    """An unrelated live process (its own process group), to own a reused PID."""
+    return subprocess.Popen([*SLEEP, *args], start_new_session=True)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _write_lock(folder: Path, pid: int, data: Path | None = None) -> None:
+    """A postmaster.pid as PostgreSQL writes it, naming ``pid``."""
+    data = data or folder / "postgres" / "data"
+    (folder / "postgres" / "data").mkdir(parents=True, exist_ok=True)
+    (folder / "postgres" / "data" / "postmaster.pid").write_text(
+        f"{pid}\n{data}\n1700000000\n5432\n\n127.0.0.1\n  5432001    999999\nready   \n")
+
+
+def _servers_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mlscale", "servers", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_reused_pids_in_stale_records_are_never_signalled(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A postmaster.pid naming a live unrelated process, and an MLflow PID now owned by
+    another checkout's mlflow server (same port, other folder): status says stopped, down
+    signals neither."""
+    folder = tmp_path.resolve()
+    unrelated = _sleeper()
+    port = 45678
+    other_mlflow = _sleeper("mlflow", "server", "--artifacts-destination",
+                            "/elsewhere/mlflow/artifacts", "--port", str(port))
+    try:
+        servers_module._save(Servers(str(folder), 45677, None, port, other_mlflow.pid, "pw"))
+        _write_lock(folder, unrelated.pid)
+        code, out, _ = run_main(capsys, "servers", "status", "--dir", str(folder), "--json")
+        payload = json.loads(out)
+        assert code == 0 and payload["state"] == "stopped"
+        assert not payload["postgres_running"] and not payload["mlflow_running"]
+        assert payload["stale_lock_pid"] == unrelated.pid
+        code, out, _ = run_main(capsys, "servers", "status", "--dir", str(folder))
+        assert out.splitlines()[:2] == [
+            f"PostgreSQL: stopped (its lock file names pid {unrelated.pid}, another program: "
+            "`up` clears it)", "MLflow server: stopped"]
+        code, out, _ = run_main(capsys, "servers", "down", "--dir", str(folder))
+        assert (code, out.strip()) == (0, f"nothing was running in {folder}")
+        time.sleep(0.5)
+        assert unrelated.poll() is None and other_mlflow.poll() is None
+    finally:
+        for process in (unrelated, other_mlflow):
+            process.kill()
+            process.wait()
+
+
+def test_unusable_folders_and_empty_ones_get_one_line_answers_naming_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run_main(capsys, "servers", "up", "--dir", str(blocker / "servers"))
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"Error: cannot use {blocker / 'servers'} for the servers: ")
+    code, _, err = run_main(capsys, "servers", "up", "--dir", str(blocker))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(blocker) in err
+    empty = tmp_path / "empty"
+    code, out, _ = run_main(capsys, "servers", "status", "--dir", str(empty), "--json")
+    assert code == 0 and json.loads(out) == {"folder": str(empty), "state": "not set up",
+                                             "postgres_running": False,
+                                             "mlflow_running": False}
+    code, out, _ = run_main(capsys, "servers", "status", "--dir", str(empty))
+    assert (code, out.strip()) == (0, f"no servers set up in {empty} (mlscale servers up)")
+    code, out, _ = run_main(capsys, "servers", "down", "--dir", str(empty))
+    assert (code, out.strip()) == (0, f"no servers set up in {empty}")
+
+
+def test_workers_get_the_storage_url_through_the_environment(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """`search --workers 2 --storage URL`: no child shows the password in its arguments."""
+    from mlscale._local_workers import run_workers
+
+    url = "postgresql://nobody:not-in-argv@127.0.0.1:1/x"
+    seen: dict[int, tuple[str, str]] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit() or entry.name in map(str, seen):
+                    continue
+                try:
+                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    if int(stat[1]) == os.getpid():
+                        seen[int(entry.name)] = (_cmdline(int(entry.name)),
+                                                 (entry / "environ").read_bytes().decode())
+                except (OSError, IndexError, ValueError):
+                    continue
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        code, _ = run_workers(2, [str(_pipeline(tmp_path)), "--storage", url, "--no-summary"],
+                              capture=True)
+    finally:
+        done.set()
+        watcher.join()
+    workers = {pid: seen_ for pid, seen_ in seen.items() if "mlscale search" in seen_[0]}
+    assert code == 1 and len(workers) == 2
+    for cmdline, environ in workers.values():
+        assert "not-in-argv" not in cmdline
+        assert f"MLSCALE_STORAGE={url}\0" in environ
+    assert capfd.readouterr().err.count(
+        "Error: cannot open Optuna storage postgresql://nobody:***@127.0.0.1:1/x") == 2
+
+
+@pytest.mark.slow
+def test_real_servers_survive_stale_locks_copies_orphans_and_failed_starts() -> None:
+    """With a real PostgreSQL and mlflow server: a failed MLflow start stops the PostgreSQL
+    it started; no password in any argument list; a killed `mlflow server` leaves uvicorn
+    that status reports and up replaces on the same URL; a stale lock file naming a live
+    process is cleared by up and that process survives; a copied folder stops nothing."""
+    folder = Path(tempfile.mkdtemp(prefix="mlscale-servers-")).resolve()
+    folder.chmod(0o755)
+    copy = Path(tempfile.mkdtemp(prefix="mlscale-copy-")).resolve()
+    unrelated = _sleeper()
+    try:
+        (folder / "mlflow").write_text("")  # the MLflow server's folder cannot be made
+        failed = _servers_cli("up", "--dir", str(folder))
+        if any(cause in failed.stderr for cause in ("initdb failed", "PostgreSQL (log:",
+                                                    "PostgreSQL is not installed")) \
+                and os.environ.get("CI") != "true":
+            pytest.skip(f"cannot start PostgreSQL here: {failed.stderr.strip()}")
+        assert failed.returncode == 1 and len(failed.stderr.strip().splitlines()) == 1
+        assert failed.stderr.startswith(f"Error: cannot use {folder} for the servers: ")
+        assert failed.stderr.strip().endswith("; stopped PostgreSQL again")
+        assert not json.loads(_servers_cli("status", "--dir", str(folder), "--json").stdout
+                              )["postgres_running"]
+        (folder / "mlflow").unlink()
+
+        started = _servers_cli("up", "--dir", str(folder), "--json")
+        assert started.returncode == 0, started.stderr
+        first = json.loads(started.stdout)
+        assert first["state"] == "running" and len(first["mlflow_pids"]) >= 3
+        for pid in [first["postgres_pid"], *first["mlflow_pids"]]:
+            assert _cmdline(pid) and first["password"] not in _cmdline(pid)
+
+        # a copy of the records (cp -r) names the original's PIDs: it stops nothing
+        (copy / "postgres" / "data").mkdir(parents=True)
+        shutil.copy(folder / "servers.json", copy / "servers.json")
+        shutil.copy(folder / "postgres" / "data" / "postmaster.pid",
+                    copy / "postgres" / "data" / "postmaster.pid")
+        assert json.loads(_servers_cli("status", "--dir", str(copy), "--json").stdout
+                          )["state"] == "stopped"
+        down = _servers_cli("down", "--dir", str(copy))
+        assert down.stdout.strip() == f"nothing was running in {copy}"
+        assert json.loads(_servers_cli("status", "--dir", str(folder), "--json").stdout
+                          )["state"] == "running"
+
+        # SIGKILL of the `mlflow server` process: its uvicorn still serves the old port
+        os.kill(first["mlflow_pid"], signal.SIGKILL)
+        time.sleep(1)
+        orphaned = json.loads(_servers_cli("status", "--dir", str(folder), "--json").stdout)
+        assert orphaned["mlflow_running"] and first["mlflow_pid"] not in orphaned["mlflow_pids"]
+        text = _servers_cli("status", "--dir", str(folder)).stdout
+        assert f"its `mlflow server` process {first['mlflow_pid']} is gone" in text
+        again = _servers_cli("up", "--dir", str(folder), "--json")
+        assert again.returncode == 0, again.stderr
+        second = json.loads(again.stdout)
+        assert second["tracking_uri"] == first["tracking_uri"], again.stderr
+        assert not set(orphaned["mlflow_pids"]) & set(second["mlflow_pids"])
+        assert not [pid for pid in orphaned["mlflow_pids"] if _cmdline(pid)]
+
+        down = _servers_cli("down", "--dir", str(folder))
+        assert down.stdout.strip() == (f"stopped the MLflow server and PostgreSQL (data kept "
+                                       f"in {folder})")
+        assert not [pid for pid in [second["postgres_pid"], *second["mlflow_pids"]]
+                    if _cmdline(pid)]
+
+        # a stale lock file naming a live unrelated process (a PID reused after a reboot)
+        _write_lock(folder, unrelated.pid)
+        down = _servers_cli("down", "--dir", str(folder))
+        assert down.stdout.strip() == f"nothing was running in {folder}"
+        again = _servers_cli("up", "--dir", str(folder), "--json")
+        assert again.returncode == 0, again.stderr
+        assert again.stderr.splitlines()[0] == (
+            f"removed a stale PostgreSQL lock file: {folder}/postgres/data/postmaster.pid "
+            f"named pid {unrelated.pid}, which is not this folder's PostgreSQL")
+        assert json.loads(again.stdout)["state"] == "running"
+        assert unrelated.poll() is None
+    finally:
+        _servers_cli("down", "--dir", str(folder), timeout=120)
+        unrelated.kill()
+        unrelated.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(copy, ignore_errors=True)

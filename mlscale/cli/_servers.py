@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -36,7 +36,7 @@ def servers_up(mlflow_workers: int, folder: Path | None, as_json: bool) -> None:
     """Start both (or whichever is not running) and print the two URLs to export."""
     from mlscale.servers import up
 
-    servers = up(folder, mlflow_workers)
+    servers = up(folder, mlflow_workers, say=lambda line: click.echo(line, err=True))
     if as_json:
         click.echo(json.dumps(servers.to_dict(), indent=2))
         return
@@ -46,6 +46,12 @@ def servers_up(mlflow_workers: int, folder: Path | None, as_json: bool) -> None:
     click.echo(_exports(servers))
 
 
+def _where(folder: Path | None) -> str:
+    from mlscale.servers import default_folder
+
+    return str((folder or default_folder()).expanduser().resolve())
+
+
 @servers_group.command("down")
 @dir_option
 @json_option
@@ -53,12 +59,17 @@ def servers_down(folder: Path | None, as_json: bool) -> None:
     """Stop both by PID; their data stays for the next `up`."""
     from mlscale.servers import down
 
-    servers = down(folder)
+    stopped = down(folder)
     if as_json:
-        click.echo(json.dumps(servers.to_dict() if servers else None, indent=2))
-        return
-    click.echo("stopped PostgreSQL and the MLflow server (data kept)" if servers
-               else "no servers were set up here")
+        click.echo(json.dumps({"folder": _where(folder),
+                               "state": "not set up" if stopped is None else "stopped",
+                               "stopped": stopped or []}, indent=2))
+    elif stopped is None:
+        click.echo(f"no servers set up in {_where(folder)}")
+    elif stopped:
+        click.echo(f"stopped {' and '.join(stopped)} (data kept in {_where(folder)})")
+    else:
+        click.echo(f"nothing was running in {_where(folder)}")
 
 
 @servers_group.command("status")
@@ -69,15 +80,34 @@ def servers_status(folder: Path | None, as_json: bool) -> None:
     from mlscale.servers import status
 
     servers = status(folder)
-    if as_json:
-        click.echo(json.dumps(servers.to_dict() if servers else None, indent=2))
-        return
     if servers is None:
-        click.echo("no servers set up here (mlscale servers up)")
+        if as_json:
+            click.echo(json.dumps({"folder": _where(folder), "state": "not set up",
+                                   "postgres_running": False, "mlflow_running": False},
+                                  indent=2))
+        else:
+            click.echo(f"no servers set up in {_where(folder)} (mlscale servers up)")
         return
-    for name, pid, where in (("PostgreSQL", servers.postgres_pid,
-                              f"127.0.0.1:{servers.postgres_port}"),
-                             ("MLflow server", servers.mlflow_pid, servers.tracking_uri)):
-        click.echo(f"{name}: " + (f"running (pid {pid}) at {where}" if pid else "stopped"))
+    payload = servers.to_dict()
+    if as_json:
+        click.echo(json.dumps(payload, indent=2))
+        return
+    stale = payload["stale_lock_pid"]
+    click.echo("PostgreSQL: " + (
+        f"running (pid {servers.postgres_pid}) at 127.0.0.1:{servers.postgres_port}"
+        if servers.postgres_pid else
+        f"stopped (its lock file names pid {stale}, another program: `up` clears it)"
+        if stale else "stopped"))
+    click.echo("MLflow server: " + _mlflow_line(servers, payload["mlflow_pids"]))
     if servers.postgres_pid and servers.mlflow_pid:
         click.echo(_exports(servers))
+
+
+def _mlflow_line(servers: Servers, processes: Any) -> str:
+    if not processes:
+        return "stopped"
+    if servers.mlflow_pid in processes:
+        return f"running (pid {servers.mlflow_pid}) at {servers.tracking_uri}"
+    return (f"its `mlflow server` process {servers.mlflow_pid} is gone, what it started still "
+            f"runs (pids {', '.join(map(str, processes))}) at {servers.tracking_uri}: "
+            "`down` stops it, `up` restarts it")

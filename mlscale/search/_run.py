@@ -183,10 +183,11 @@ def run_search(
             parent_run_id = shared_parent_run(study, True, PARENT_RUN, new_parent_run)
     if not created:
         parent_run_id = shared_parent_run(study, False, PARENT_RUN, new_parent_run)
-        if trials := study.get_trials(deepcopy=False):
-            print(f"study {name} has {len(trials)} trial{'s' if len(trials) > 1 else ''} so "
-                  f"far; {committed_flops(trials):.3g} of {pipeline.budget_flops:.3g} FLOPs "
-                  "spent or reserved by running trials", file=sys.stderr)
+        trials = study.get_trials(deepcopy=False)
+        if finished := sum(t.state.is_finished() for t in trials):  # a resume, not a join
+            print(f"study {name} has {finished} finished trial{'s' if finished > 1 else ''}; "
+                  f"{committed_flops(trials):.3g} of {pipeline.budget_flops:.3g} FLOPs spent "
+                  "or reserved by running trials", file=sys.stderr)
     study.sampler = _sampler(pipeline)
     study.pruner = _pruner(pipeline)
     resume_parent_run(settings, parent_run_id)
