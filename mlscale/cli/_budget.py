@@ -93,7 +93,8 @@ def _latency_text(option: Option) -> str:
     if option.predicted_latency_p90_ms is None:
         return "not predicted"
     return (f"{_estimate_text(option.predicted_latency_p90_ms, '{:.3g}')} ms"
-            + (f" (batch 1, {option.latency_threads} threads)" if option.latency_threads else ""))
+            + (f" (batch 1, {_threads_text(option.latency_threads)})"
+               if option.latency_threads else ""))
 
 
 def _duration_text(seconds: Estimate) -> str:
