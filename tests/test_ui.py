@@ -63,6 +63,8 @@ def test_the_ui_shows_registered_models_and_their_cost_cards(ui_url: str,
                                                               tmp_path: Path) -> None:
     models_page = chromium(f"{ui_url}/#/models", tmp_path / "chromium", "--dump-dom")
     assert "mnist-lenet5" in models_page
+    log = (tmp_path / "ui.log").read_text()  # the UI says where it is, not its start-up notes
+    assert " INFO" not in log and "DeprecationWarning" not in log, log
     version_page = chromium(f"{ui_url}/#/models/mnist-lenet5/versions/2",
                              tmp_path / "chromium", "--dump-dom")
     for tag in ("params", "flops_per_sample", "train_flops", "test_accuracy", "test_loss",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -144,11 +145,16 @@ def ui(port: int, tracking_uri: str | None) -> None:
     _check_ui_args(settings.tracking_uri, port)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri,
                "--registry-store-uri", settings.registry_uri or settings.tracking_uri,
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--uvicorn-opts", "--log-level warning"]
+    # MLflow's start-up notes and a deprecation warning it triggers are not for a user
+    # who asked for the UI: warnings and errors still show.
+    quiet = os.environ | {"MLFLOW_LOGGING_LEVEL": "WARNING",
+                          "PYTHONWARNINGS": "ignore::UserWarning:mlflow.server.fastapi_app"}
     click.echo(f"MLflow UI for {settings.tracking_uri}: http://127.0.0.1:{port}/#/models "
                "(Ctrl-C stops it)", err=True)
     try:
-        code = subprocess.call(command)
+        code = subprocess.call(command, env=quiet)
     except KeyboardInterrupt:
         code = 0
     if code:
