@@ -190,6 +190,9 @@ CASES = [
     (["budget"], "give exactly one of --flops and --target-accuracy"),
     (["budget", "--flops", "1e15", "--target-accuracy", "0.9"], "give exactly one of"),
     (["budget", "--flops", "1e15"], "no MLflow store at"),
+    # a server database store that does not answer: at once, its password hidden
+    (["models", "--tracking-uri", "postgresql://mlscale:secret@127.0.0.1:1/mlflow"],
+     "MLflow store postgresql://mlscale:***@127.0.0.1:1/mlflow cannot be reached: "),
     # report
     (["report", "scaling", "--experiment", "x", "--dataset", "fashion-mnist"],
      "give --experiment or --dataset, not both"),

@@ -128,6 +128,16 @@ def load_settings(tracking_uri: str | None = None, *, create: bool = True) -> Ml
                           settings.registered_model)
 
 
+def masked_url(url: str) -> str:
+    """``url`` with its password, if any, as ``***``."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL: shown as given
+        return url
+
+
 def check_uri_scheme(uri: str) -> None:
     """A one-line error for a tracking URI without a scheme (a path or a typo)."""
     if "://" not in uri and not uri.startswith("databricks"):

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from mlscale.errors import MlscaleError, first_line
-from mlscale.registry._settings import MlflowSettings, check_uri_scheme
+from mlscale.registry._settings import MlflowSettings, check_uri_scheme, masked_url
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -18,14 +18,15 @@ if TYPE_CHECKING:
 def mlflow_errors(settings: MlflowSettings) -> Iterator[None]:
     """Turn MLflow and connection failures into one-line MlscaleErrors."""
     from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
     try:
         yield
     except MlscaleError:
         raise
-    except (MlflowException, OSError, ValueError) as error:
+    except (MlflowException, OSError, ValueError, SQLAlchemyError) as error:
         raise MlscaleError(
-            f"MLflow store {settings.tracking_uri} failed: {first_line(error, 300)}"
+            f"MLflow store {masked_url(settings.tracking_uri)} failed: {first_line(error, 300)}"
         ) from None
 
 
@@ -42,6 +43,8 @@ def client(settings: MlflowSettings) -> MlflowClient:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keeps --json clean
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a server's run URLs
     check_uri_scheme(settings.tracking_uri)
+    for uri in {settings.tracking_uri, settings.registry_uri or settings.tracking_uri}:
+        _check_database_answers(uri)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.registry_uri or settings.tracking_uri)
     with mlflow_errors(settings), _first_opening(settings) as fresh:
@@ -52,6 +55,29 @@ def client(settings: MlflowSettings) -> MlflowClient:
         return mlflow_client
 
 _READY_SQLITE_STORES: set[str] = set()
+_ANSWERING_DATABASES: set[str] = set()
+DATABASE_TIMEOUT_S = 10
+
+
+def _check_database_answers(uri: str) -> None:
+    """A server database store (``postgresql://``, ``mysql://``...) must accept one
+    connection, once per process: MLflow retries a refused one with back-off for about
+    100 s, logging each try, and then raises SQLAlchemy's error as it is."""
+    if "://" not in uri or uri.split("://")[0].split("+")[0] in (
+            "sqlite", "file", "http", "https", "databricks") or uri in _ANSWERING_DATABASES:
+        return
+    import sqlalchemy
+
+    timeout = {"connect_timeout": DATABASE_TIMEOUT_S} if uri.startswith("postgresql") else {}
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=timeout)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as error:  # SQLAlchemy's many URL, driver and connection errors
+        raise MlscaleError(f"MLflow store {masked_url(uri)} cannot be reached: "
+                           f"{first_line(error, 300)}") from None
+    _ANSWERING_DATABASES.add(uri)
 
 
 @contextlib.contextmanager

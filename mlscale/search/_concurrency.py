@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mlscale.errors import MlscaleError, first_line
+from mlscale.registry._settings import masked_url
 
 if TYPE_CHECKING:
     import optuna
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
     from optuna.trial import FrozenTrial
 
-__all__ = ["ADMITTED", "admission_refusal", "masked_url", "open_study", "per_trial_seeds",
+__all__ = ["ADMITTED", "admission_refusal", "open_study", "per_trial_seeds",
            "shared_parent_run", "store_error", "trial_seed"]
 
 ADMITTED = "admitted"
@@ -159,16 +160,6 @@ def shared_parent_run(study: optuna.Study, created: bool, key: str,
             study.set_user_attr(key, run_id)
             return run_id
         time.sleep(0.2)
-
-
-def masked_url(url: str) -> str:
-    """``url`` with its password, if any, as ``***``."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not an SQLAlchemy URL: shown as given
-        return url
 
 
 def store_error(url: str, error: BaseException) -> MlscaleError:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from mlscale._signals import deferred_signals
 from mlscale.errors import MlscaleError, first_line
 from mlscale.pipeline import Pipeline
+from mlscale.registry._settings import masked_url
 from mlscale.search._attrs import (
     COST_PRUNE_LIMIT,
     DATA_FINGERPRINT,
@@ -27,7 +28,6 @@ from mlscale.search._attrs import (
     stale_after_s,
 )
 from mlscale.search._concurrency import (
-    masked_url,
     open_study,
     shared_parent_run,
     store_error,
