@@ -150,7 +150,8 @@ def test_unreachable_stores_are_one_line_errors_naming_them(
                               f"sqlite:///{tmp_path / 'o.db'}"]):
         code, _, err = run_main(capsys, *args, "--tracking-uri", "http://127.0.0.1:1")
         assert code == 1 and len(err.strip().splitlines()) == 1
-        assert err.startswith("Error: MLflow store http://127.0.0.1:1 failed")
+        assert err.startswith("Error: MLflow store http://127.0.0.1:1 failed: cannot connect "
+                              "([Errno 111] Connection refused); is the server running?"), err
 
 
 @pytest.mark.slow

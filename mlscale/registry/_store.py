@@ -25,9 +25,22 @@ def mlflow_errors(settings: MlflowSettings) -> Iterator[None]:
     except MlscaleError:
         raise
     except (MlflowException, OSError, ValueError, SQLAlchemyError) as error:
-        raise MlscaleError(
-            f"MLflow store {masked_url(settings.tracking_uri)} failed: {first_line(error, 300)}"
-        ) from None
+        raise MlscaleError(f"MLflow store {masked_url(settings.tracking_uri)} failed: "
+                           f"{_cause(first_line(error, 2000), settings.tracking_uri)}") from None
+
+
+def _cause(message: str, uri: str) -> str:
+    """A refused or timed-out HTTP connection as its cause and what to check: urllib3's
+    retry report (about 400 characters) put the cause past where the line was cut."""
+    import re
+
+    found = re.search(r"Failed to establish a new connection: (\[Errno -?\d+\] [^'\")]+)",
+                      message) or re.search(r"(Read timed out|Connection refused|"
+                                             r"Name or service not known)", message)
+    if found is None or not uri.startswith(("http://", "https://")):
+        return message[:300]
+    return (f"cannot connect ({found.group(1).strip()}); is the server running? "
+            "(`mlscale servers status` for servers it started)")
 
 
 def client(settings: MlflowSettings) -> MlflowClient:
