@@ -203,25 +203,34 @@ def advice_warnings(fm: FamilyModel, option: Option, budget: float,
     if fm.latency is not None and fm.latency.pooled:
         warnings.append(f"latency of {fm.family} is predicted from all families' models "
                         f"(it has too few timed models of its own)")
-    if loss.lower is None or loss.upper is None:
+    span = _weak_span(loss)
+    if span == math.inf:
         warnings.append(f"no interval: the {fm.family} fit's covariance could not be "
                         "estimated")
-    elif loss.upper / loss.lower > WEAK_FIT_SPAN:
+    elif span is not None:
         warnings.append(
-            f"weak fit: the 95% interval on test loss spans {loss.upper / loss.lower:.3g}x "
+            f"weak fit: the 95% interval on test loss spans {span:.3g}x "
             f"({fm.loss_fit.nobs} {fm.family} runs); register runs nearer this budget")
     return warnings
+
+
+def _weak_span(loss: Estimate) -> float | None:
+    """How many times over the interval on test loss spans where that makes a weak fit
+    (more than ``WEAK_FIT_SPAN``; inf: no interval), else None."""
+    if loss.lower is None or loss.upper is None:
+        return math.inf
+    span = loss.upper / loss.lower
+    return span if span > WEAK_FIT_SPAN else None
 
 
 def low_confidence_reasons(fm: FamilyModel, option: Option) -> list[str]:
     """Why ``option`` is a low-confidence recommendation: its fit gives no interval on
     test loss, or one spanning more than ``WEAK_FIT_SPAN`` times (the weak-fit warning's
     rule); empty when neither holds."""
-    loss, accuracy = option.predicted_test_loss, option.predicted_accuracy
-    if loss.lower is None or loss.upper is None:
+    accuracy, span = option.predicted_accuracy, _weak_span(option.predicted_test_loss)
+    if span == math.inf:
         return [f"the {fm.family} fit gives no interval on its predicted test loss"]
-    span = loss.upper / loss.lower
-    if span <= WEAK_FIT_SPAN:
+    if span is None:
         return []
     band = ("" if accuracy.lower is None or accuracy.upper is None else
             f", accuracy anywhere in [{accuracy.lower:.2%}, {accuracy.upper:.2%}]")
