@@ -193,6 +193,10 @@ CASES = [
     # a server database store that does not answer: at once, its password hidden
     (["models", "--tracking-uri", "postgresql://mlscale:secret@127.0.0.1:1/mlflow"],
      "MLflow store postgresql://mlscale:***@127.0.0.1:1/mlflow cannot be reached: "),
+    (["models", "--tracking-uri", "postgres://mlscale:secret@127.0.0.1:1/mlflow"],
+     "postgres://mlscale:***@127.0.0.1:1/mlflow: SQLAlchemy names PostgreSQL postgresql://"),
+    (["search", "{ws}/ok.yaml", "--storage", "postgres://mlscale:secret@127.0.0.1:1/optuna"],
+     "postgres://mlscale:***@127.0.0.1:1/optuna: SQLAlchemy names PostgreSQL postgresql://"),
     # report
     (["report", "scaling", "--experiment", "x", "--dataset", "fashion-mnist"],
      "give --experiment or --dataset, not both"),

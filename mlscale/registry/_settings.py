@@ -138,6 +138,14 @@ def masked_url(url: str) -> str:
         return url
 
 
+def check_database_scheme(url: str) -> None:
+    """A one-line error for ``postgres://`` (Heroku's and psql's spelling), which
+    SQLAlchemy does not know; it names PostgreSQL ``postgresql://``."""
+    if url.startswith("postgres://"):
+        raise MlscaleError(f"{masked_url(url)}: SQLAlchemy names PostgreSQL postgresql://, "
+                           "not postgres://")
+
+
 def check_uri_scheme(uri: str) -> None:
     """A one-line error for a tracking URI without a scheme (a path or a typo)."""
     if "://" not in uri and not uri.startswith("databricks"):

@@ -8,7 +8,12 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from mlscale.errors import MlscaleError, first_line
-from mlscale.registry._settings import MlflowSettings, check_uri_scheme, masked_url
+from mlscale.registry._settings import (
+    MlflowSettings,
+    check_database_scheme,
+    check_uri_scheme,
+    masked_url,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -81,6 +86,7 @@ def _check_database_answers(uri: str) -> None:
         return
     import sqlalchemy
 
+    check_database_scheme(uri)
     timeout = {"connect_timeout": DATABASE_TIMEOUT_S} if uri.startswith("postgresql") else {}
     try:
         engine = sqlalchemy.create_engine(uri, connect_args=timeout)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from mlscale._signals import deferred_signals
 from mlscale.errors import MlscaleError, first_line
 from mlscale.pipeline import Pipeline
-from mlscale.registry._settings import masked_url
+from mlscale.registry._settings import check_database_scheme, masked_url
 from mlscale.search._attrs import (
     COST_PRUNE_LIMIT,
     DATA_FINGERPRINT,
@@ -64,6 +64,7 @@ def _storage(url: str, heartbeat_interval: int, on_stale: Callable[..., None]) -
     if "://" not in url:
         raise MlscaleError(f"storage URL '{url}' is not an SQLAlchemy URL such as "
                            "sqlite:///path.db or postgresql://user@host/db")
+    check_database_scheme(url)
     _check_driver(url)
     # Two workers creating a fresh SQLite schema at once collide: one at a time per file.
     # On a server database the loser of that race sees the winner's tables on a retry.
