@@ -336,7 +336,7 @@ def test_a_proposal_optuna_refuses_fails_its_trial_with_optunas_reason(
     storage = _storage(tmp_path)
     run_search(parse_pipeline(_tiny(budget_flops=2e9)), load_settings(), storage=storage,
                data=mnist)
-    monkeypatch.setattr(mlscale.search._run, "resume_conflict", lambda study, pipeline: None)
+    monkeypatch.setattr(mlscale.search._run, "resume_conflict", lambda *args: None)
     changed = _write_pipeline(tmp_path, families=["lenet5", "vgg_mini"], budget_flops=4e9)
     code, out, err = run_main(capsys, "search", str(changed), "--storage", storage)
     assert code == 1
