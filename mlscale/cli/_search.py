@@ -48,13 +48,15 @@ def search(pipeline: str, budget_flops: float | None, storage: str | None,
     with a shared --storage) for N workers.
     """
     from mlscale.pipeline import load_pipeline
-    from mlscale.registry import load_settings
+    from mlscale.registry import check_database_scheme, load_settings
     from mlscale.search import SearchProgress, run_search
     from mlscale.train import Progress
 
     spec = load_pipeline(pipeline)
     if budget_flops is not None:
         spec = spec.with_budget(budget_flops)
+    if storage is not None:  # before the MLflow store's folder is made
+        check_database_scheme(storage)
     settings = load_settings(tracking_uri)
     if workers > 1:
         _search_in_workers(workers, pipeline, budget_flops, storage, study_name, heartbeat,

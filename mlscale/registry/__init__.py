@@ -20,6 +20,7 @@ from mlscale.registry._frame import (
 from mlscale.registry._one_dataset import DATASET_FINGERPRINT, DATASET_SOURCE, check_one_dataset
 from mlscale.registry._settings import (
     MlflowSettings,
+    check_database_scheme,
     check_uri_scheme,
     config_dir,
     load_settings,
@@ -48,6 +49,7 @@ __all__ = [
     "ModelRef",
     "RegisteredVersion",
     "all_pages",
+    "check_database_scheme",
     "check_one_dataset",
     "check_uri_scheme",
     "client",
