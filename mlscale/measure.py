@@ -13,6 +13,7 @@ ModelCost(params=61706, flops_per_sample=833040, train_flops_per_sample=2263920)
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,9 +88,12 @@ def measure_model(
     )
 
 
+@functools.lru_cache(maxsize=1024)
 def cost_of(arch: str, width: float | None, depth: int | None,
             input_shape: tuple[int, int, int], num_classes: int) -> ModelCost:
-    """The cost of family ``arch`` at its dials, built for ``input_shape`` and ``num_classes``.
+    """The cost of family ``arch`` at its dials, built for ``input_shape`` and ``num_classes``,
+    measured once per process (the search's pricing, the trainer's budget check and the
+    pre-run check of a user's family all ask for the same models).
 
     Built on the meta device, then given uninitialised CPU memory: a cost depends on
     shapes only. Skipping the initialisation and the copy ``train_flops`` makes took the

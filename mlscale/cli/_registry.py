@@ -51,7 +51,7 @@ def models(dataset: str | None, arch: str | None, as_csv: bool, tracking_uri: st
     elif as_csv:
         click.echo(frame.to_csv(index=False), nl=False)
     else:
-        _print_models_table(frame, settings)
+        _print_models_table(frame)
 
 
 def _check_zoo_name(arch: str) -> None:
@@ -85,11 +85,15 @@ def _check_registered_names(settings: MlflowSettings, dataset: str | None,
                                f"(registered: {', '.join(known) or 'none'})")
 
 
-def _print_models_table(frame: pd.DataFrame, settings: MlflowSettings) -> None:
+def _print_models_table(frame: pd.DataFrame) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    frame = frame.assign(throughput_batch=_throughput_batches(frame, settings))
+    from mlscale.latency import DEFAULT_BATCH_SIZES
+
+    # versions registered before the batch was recorded were timed at the largest default
+    frame = frame.assign(throughput_batch=frame["throughput_batch_size"].fillna(
+        max(DEFAULT_BATCH_SIZES)).astype(int))
     batches = set(frame["throughput_batch"])
     table = Table(title=f"registered models ({len(frame)} versions; FLOPs = 2 x MACs)")
     throughput = (f"samples/s @ batch {batches.pop()}", "throughput", "{:,.0f}") \
@@ -113,20 +117,6 @@ def _print_models_table(frame: pd.DataFrame, settings: MlflowSettings) -> None:
     if not console.is_terminal:  # piped: every column in full rather than at 80
         console = Console(width=200)
     console.print(table)
-
-
-def _throughput_batches(frame: pd.DataFrame, settings: MlflowSettings) -> list[int]:
-    """The batch size each version's throughput was timed at: its ``throughput_batch_size``
-    tag, else the largest of the default batch sizes (what every version registered before
-    the tag was timed at)."""
-    from mlscale.latency import DEFAULT_BATCH_SIZES
-    from mlscale.registry import all_pages, client, mlflow_errors
-
-    with mlflow_errors(settings):
-        tags = {(v.name, int(v.version)): v.tags.get("throughput_batch_size")
-                for v in all_pages(client(settings).search_model_versions, 10_000)}
-    return [int(tags.get((name, version)) or max(DEFAULT_BATCH_SIZES))
-            for name, version in zip(frame["name"], frame["version"], strict=True)]
 
 
 @cli.command()

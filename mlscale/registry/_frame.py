@@ -12,8 +12,9 @@ from mlscale.registry._store import all_pages, client, mlflow_errors
 if TYPE_CHECKING:
     import pandas as pd
 
-# Every figure of the cost card, and the dials, are numbers in a registry row.
-NUMERIC_COLUMNS = (*COST_CARD, "width", "depth")
+# Every figure of the cost card, the dials and the batch size its throughput was timed at
+# (absent on versions registered before it was recorded) are numbers in a registry row.
+NUMERIC_COLUMNS = (*COST_CARD, "width", "depth", "throughput_batch_size")
 
 
 def models_frame(settings: MlflowSettings, *, dataset: str | None = None,

@@ -13,22 +13,19 @@ if TYPE_CHECKING:
 
 
 class _Costs:
-    """Training FLOPs per sample by (family, width, depth), measured once each."""
+    """Training FLOPs per sample by (family, width, depth) on the pipeline's data (each
+    measured once per process: ``measure.cost_of`` keeps them)."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         from mlscale.data import dataset_info
 
         self.info = dataset_info(pipeline.dataset)
-        self.cache: dict[tuple[str, float, int], int] = {}
 
     def per_sample(self, family: str, width: float, depth: int) -> int:
         from mlscale.measure import cost_of
 
-        key = (family, float(width), int(depth))
-        if key not in self.cache:
-            self.cache[key] = cost_of(family, width, depth, self.info.input_shape,
-                                      self.info.num_classes).train_flops_per_sample
-        return self.cache[key]
+        return cost_of(family, float(width), int(depth), self.info.input_shape,
+                       self.info.num_classes).train_flops_per_sample
 
 
 def _samples(params: dict[str, Any], per_sample: int) -> int:

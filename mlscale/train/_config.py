@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -120,19 +119,19 @@ class TrainConfig:
                 f"train size must be in [1, {available}] (the train split less {val_size} "
                 f"validation samples), got {self.train_size}")
 
-
     def _check_budget(self) -> None:
         """A FLOPs budget buys at least one sample: the model's training FLOPs per sample
         are measured from shapes alone (no weights, no data for a built-in dataset)."""
         if self.max_train_flops is None:
             return
         from mlscale.data import dataset_info
+        from mlscale.measure import cost_of
         from mlscale.models import model_spec
 
         info = dataset_info(self.dataset, self.data_root)
         width, depth = model_spec(self.arch).resolve(self.width, self.depth)
-        samples_bought(self.max_train_flops, _train_flops_per_sample(
-            self.arch, width, depth, info.input_shape, info.num_classes))
+        samples_bought(self.max_train_flops, cost_of(
+            self.arch, width, depth, info.input_shape, info.num_classes).train_flops_per_sample)
 
 
 def samples_bought(max_train_flops: float, train_flops_per_sample: int) -> int:
@@ -144,14 +143,6 @@ def samples_bought(max_train_flops: float, train_flops_per_sample: int) -> int:
             f"sample: this model takes {train_flops_per_sample:,} training FLOPs per sample")
     return samples
 
-
-@functools.lru_cache(maxsize=64)
-def _train_flops_per_sample(arch: str, width: float, depth: int,
-                            input_shape: tuple[int, int, int], num_classes: int) -> int:
-    """Measured once per model shape in a process (a cost depends on shapes only)."""
-    from mlscale.measure import cost_of
-
-    return cost_of(arch, width, depth, input_shape, num_classes).train_flops_per_sample
 
 @dataclass(frozen=True)
 class EpochMetrics:
